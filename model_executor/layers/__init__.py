@@ -1,0 +1,1 @@
+"""Building blocks of the Helios transformer: norms, attention, RoPE, embeddings."""

@@ -1,0 +1,75 @@
+"""Self- and cross-attention of a Helios block (spec §2.5).
+
+Projections are fused (q|k|v for self-attention, k|v for cross-attention): one matmul
+instead of three. The loader stacks the checkpoint's separate ``to_q``/``to_k``/``to_v``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .norm import RMSNorm
+from .rotary import RotaryTable, apply_rotary
+
+# Upper bound of the learnable history-key gain (spec §2.7).
+MAX_HISTORY_KEY_SCALE = 10.0
+
+
+def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Unmasked attention over [B, N, heads, head_dim] inputs; returns [B, N, heads * head_dim]."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    """Attention over all tokens (history and noisy) with q/k RMSNorm and 3-D RoPE."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float, amplify_history: bool, history_scale_mode: str):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_qkv = nn.Linear(dim, 3 * dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+        self.to_out = nn.Linear(dim, dim)
+        self.history_key_scale = None
+        if amplify_history:
+            num_scales = num_heads if history_scale_mode == "per_head" else 1
+            self.history_key_scale = nn.Parameter(torch.ones(num_scales))
+
+    def forward(self, x: torch.Tensor, rotary: RotaryTable, num_history: int) -> torch.Tensor:
+        q, k, v = self.to_qkv(x).chunk(3, dim=-1)
+        q = apply_rotary(self.norm_q(q).unflatten(-1, (self.num_heads, -1)), rotary)
+        k = apply_rotary(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), rotary)
+        v = v.unflatten(-1, (self.num_heads, -1))
+        if self.history_key_scale is not None and num_history > 0:
+            k = self._amplify_history_keys(k, num_history)
+        return self.to_out(scaled_dot_product(q, k, v).type_as(q))
+
+    def _amplify_history_keys(self, k: torch.Tensor, num_history: int) -> torch.Tensor:
+        # Gain in (1, MAX): history keys get sharper attention logits, per head.
+        gain = 1.0 + torch.sigmoid(self.history_key_scale.float()) * (MAX_HISTORY_KEY_SCALE - 1.0)
+        gain = gain.view(1, 1, -1, 1)
+        history = (k[:, :num_history].float() * gain).type_as(k)
+        return torch.cat([history, k[:, num_history:]], dim=1)
+
+
+class CrossAttention(nn.Module):
+    """Attention from tokens to the projected text embeddings (no RoPE, no mask)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))
+        k, v = self.to_kv(text).chunk(2, dim=-1)
+        k = self.norm_k(k).unflatten(-1, (self.num_heads, -1))
+        v = v.unflatten(-1, (self.num_heads, -1))
+        return self.to_out(scaled_dot_product(q, k, v).type_as(q))

@@ -1,0 +1,243 @@
+"""The Helios diffusion transformer: one denoising forward of one chunk (spec §2).
+
+The sequence is ``[long history | mid history | short history | noisy chunk]``. History is
+tokenised at three compression rates, modulated with timestep 0 and kept out of text
+cross-attention; only the noisy tokens come out of the head. Each sample of a batch may
+carry its own timestep, history and text, so one forward serves many requests.
+
+The model knows nothing about requests, samplers or schedules.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import HeliosTransformerConfig
+from ..layers.attention import CrossAttention, SelfAttention
+from ..layers.embeddings import TextProjection, TimeEmbedding
+from ..layers.norm import AffineLayerNorm, SegmentParams, gated_residual, layer_norm_fp32, modulated_layer_norm
+from ..layers.rotary import RotaryTable, pad_replicate, rotary_table
+
+# Multiples of the noisy patch used by the short / mid / long history tokenisers.
+HISTORY_TERM_SCALES = {"short": 1, "mid": 2, "long": 4}
+
+
+class TokenTerm(NamedTuple):
+    tokens: torch.Tensor  # [B, n, D]
+    rotary: RotaryTable
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class HeliosBlock(nn.Module):
+    def __init__(self, config: HeliosTransformerConfig):
+        super().__init__()
+        dim, heads, eps = config.inner_dim, config.num_attention_heads, config.eps
+        self.eps = eps
+        self.guidance_cross_attn = config.guidance_cross_attn
+        # shift, scale, gate of self-attention, then shift, scale, gate of the FFN
+        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.self_attn = SelfAttention(dim, heads, eps, config.is_amplify_history, config.history_scale_mode)
+        self.norm2 = AffineLayerNorm(dim, eps) if config.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(dim, heads, eps)
+        self.ffn = FeedForward(dim, config.ffn_dim)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        text: torch.Tensor,
+        modulation: SegmentParams,
+        rotary: RotaryTable,
+        num_history: int,
+    ) -> torch.Tensor:
+        # modulation: per segment [B|1, 6, D] in the compute dtype; the table is added in fp32.
+        history_mod = self.scale_shift_table + modulation.history.float()
+        noisy_mod = self.scale_shift_table + modulation.noisy.float()
+        shift1, scale1, gate1, shift2, scale2, gate2 = (
+            SegmentParams(history_mod[:, i : i + 1], noisy_mod[:, i : i + 1]) for i in range(6)
+        )
+
+        # 1. Self-attention over history and noisy tokens
+        x = modulated_layer_norm(h, shift1, scale1, num_history, self.eps)
+        h = gated_residual(h, self.self_attn(x, rotary, num_history), gate1, num_history)
+
+        # 2. Cross-attention to the text; only the noisy tokens when guidance_cross_attn
+        start = num_history if self.guidance_cross_attn else 0
+        queries = h[:, start:]
+        queries = queries + self.cross_attn(self.norm2(queries), text)
+        h = torch.cat([h[:, :start], queries], dim=1) if start else queries
+
+        # 3. Feed-forward over all tokens
+        x = modulated_layer_norm(h, shift2, scale2, num_history, self.eps)
+        return gated_residual(h, self.ffn(x), gate2, num_history)
+
+
+class HeliosTransformer(nn.Module):
+    def __init__(self, config: HeliosTransformerConfig):
+        super().__init__()
+        self.config = config
+        dim, patch = config.inner_dim, config.patch_size
+        self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=patch, stride=patch)
+        self.history_patch = nn.ModuleDict(
+            {
+                term: nn.Conv3d(config.in_channels, dim, kernel_size=kernel, stride=kernel)
+                for term, kernel in self.history_kernels().items()
+            }
+        )
+        self.time_embedding = TimeEmbedding(config.freq_dim, dim)
+        self.text_embedding = TextProjection(config.text_dim, dim)
+        self.blocks = nn.ModuleList([HeliosBlock(config) for _ in range(config.num_layers)])
+        self.output_scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.proj_out = nn.Linear(dim, config.out_channels * math.prod(patch))
+
+    # Loading (see model_executor/loader.py) consults these.
+    fp32_parameter_patterns = ("time_embedding.linear_", "scale_shift_table", "norm2.", "history_key_scale")
+
+    @classmethod
+    def from_pretrained(cls, path, dtype: torch.dtype = torch.bfloat16, device="cpu") -> HeliosTransformer:
+        """Load a diffusers-format transformer folder (config.json + safetensors)."""
+        from ..loader import load_transformer
+
+        return load_transformer(path, dtype=dtype, device=device)
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+        """A preset ("helios-tiny", "helios-14b") with deterministic random weights."""
+        from ..config import get_preset
+        from ..loader import random_init
+
+        # Built on the meta device first: no time is spent on a default init that is overwritten.
+        with torch.device("meta"):
+            model = cls(get_preset(name))
+        if str(device) == "meta":
+            return model
+        random_init(model.to_empty(device="cpu"), seed)
+        return model.to_inference_dtype(dtype).to(device)
+
+    def history_kernels(self) -> dict[str, tuple[int, int, int]]:
+        return {
+            term: tuple(scale * p for p in self.config.patch_size) for term, scale in HISTORY_TERM_SCALES.items()
+        }
+
+    def to_inference_dtype(self, dtype: torch.dtype) -> HeliosTransformer:
+        """Cast to ``dtype`` while the reference's fp32 islands stay fp32."""
+        for name, param in self.named_parameters():
+            target = torch.float32 if self.is_fp32_parameter(name) else dtype
+            param.data = param.data.to(target)
+        return self
+
+    @classmethod
+    def is_fp32_parameter(cls, name: str) -> bool:
+        return any(pattern in name for pattern in cls.fp32_parameter_patterns)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.proj_out.weight.dtype
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        latents_history_short: torch.Tensor | None = None,
+        latents_history_mid: torch.Tensor | None = None,
+        latents_history_long: torch.Tensor | None = None,
+        indices_hidden_states: torch.Tensor | None = None,
+        indices_latents_history_short: torch.Tensor | None = None,
+        indices_latents_history_mid: torch.Tensor | None = None,
+        indices_latents_history_long: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Velocity prediction for the noisy chunk ``hidden_states`` [B, C, T, H, W].
+
+        ``timestep`` is [B] (one per sample, int or float) or a single value for all;
+        ``encoder_hidden_states`` is [B, L, text_dim]. History latents are [B, C, t, H', W']
+        at full latent resolution with frame indices [B|1, t] (relative RoPE positions).
+        """
+        batch = hidden_states.shape[0]
+        dtype = self.compute_dtype
+        timestep = self._batched_timestep(timestep, batch, hidden_states.device)
+
+        noisy = self._embed_noisy(hidden_states.to(dtype), indices_hidden_states)
+        history = self._embed_history(
+            {"short": latents_history_short, "mid": latents_history_mid, "long": latents_history_long},
+            {"short": indices_latents_history_short, "mid": indices_latents_history_mid, "long": indices_latents_history_long},
+            dtype,
+        )
+        terms = history + [noisy]
+        h = torch.cat([term.tokens.expand(batch, -1, -1) for term in terms], dim=1).contiguous()
+        rotary = RotaryTable.cat([term.rotary for term in terms])
+        num_history = h.shape[1] - noisy.tokens.shape[1]
+
+        noisy_time = self.time_embedding(timestep, dtype)
+        history_time = noisy_time
+        if self.config.zero_history_timestep:
+            history_time = self.time_embedding(torch.zeros(1, dtype=timestep.dtype, device=timestep.device), dtype)
+        modulation = SegmentParams(history_time.modulation, noisy_time.modulation)
+        text = self.text_embedding(encoder_hidden_states.to(dtype))
+
+        for block in self.blocks:
+            h = block(h, text, modulation, rotary, num_history)
+        return self._output(h[:, num_history:], noisy_time.temb, hidden_states.shape)
+
+    @staticmethod
+    def _batched_timestep(timestep, batch: int, device) -> torch.Tensor:
+        timestep = torch.as_tensor(timestep, device=device)
+        if timestep.ndim == 0 or timestep.numel() == 1:
+            return timestep.reshape(1).expand(batch)
+        if timestep.shape != (batch,):
+            raise ValueError(f"timestep must have shape [{batch}] or hold one value, got {tuple(timestep.shape)}")
+        return timestep
+
+    def _embed_noisy(self, latents: torch.Tensor, frame_indices: torch.Tensor | None) -> TokenTerm:
+        patches = self.patch_embedding(latents)
+        _, _, frames, height, width = patches.shape
+        if frame_indices is None:
+            frame_indices = torch.arange(frames, device=latents.device)[None]
+        rotary = rotary_table(frame_indices, height, width, self.config.rope_dim, self.config.rope_theta)
+        return TokenTerm(patches.flatten(2).transpose(1, 2), rotary)
+
+    def _embed_history(self, latents: dict, indices: dict, dtype: torch.dtype) -> list[TokenTerm]:
+        """Tokens of the present history terms, in sequence order long, mid, short."""
+        for term in HISTORY_TERM_SCALES:
+            if (latents[term] is None) != (indices[term] is None):
+                raise ValueError(f"latents_history_{term} and indices_latents_history_{term} must be given together")
+        present = [term for term in ("long", "mid", "short") if latents[term] is not None]
+        terms = []
+        _, ph, pw = self.config.patch_size
+        for term in present:
+            x = latents[term].to(dtype)
+            # RoPE positions of every history term live on the short term's (1x patch) grid.
+            grid_h, grid_w = x.shape[-2] // ph, x.shape[-1] // pw
+            kernel = self.history_kernels()[term]
+            pool = None if term == "short" else tuple(k // p for k, p in zip(kernel, self.config.patch_size))
+            x = x if term == "short" else pad_replicate(x, kernel)
+            tokens = self.history_patch[term](x).flatten(2).transpose(1, 2)
+            rotary = rotary_table(indices[term], grid_h, grid_w, self.config.rope_dim, self.config.rope_theta, pool)
+            terms.append(TokenTerm(tokens, rotary))
+        return terms
+
+    def _output(self, h: torch.Tensor, temb: torch.Tensor, noisy_shape: torch.Size) -> torch.Tensor:
+        # The output norm is modulated by temb (not the six-way modulation).
+        shift, scale = (self.output_scale_shift_table + temb.unsqueeze(1)).unbind(1)
+        y = (layer_norm_fp32(h, self.config.eps) * (1 + scale[:, None]) + shift[:, None]).type_as(h)
+        y = self.proj_out(y)
+        batch, _, frames, height, width = noisy_shape
+        patch = self.config.patch_size
+        grid = [size // p for size, p in zip((frames, height, width), patch)]
+        y = y.reshape(batch, *grid, *patch, -1)
+        # channel-fastest patches -> [B, C, T, H, W]
+        y = y.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return y.reshape(batch, -1, *(g * p for g, p in zip(grid, patch)))

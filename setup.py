@@ -1,0 +1,52 @@
+"""Packaging for helios-serve.
+
+One distribution, one top-level import package: the repository folders
+``model_executor/`` and ``kernels/`` are installed as ``helios_serve.model_executor``
+and ``helios_serve.kernels``. Generic top-level names such as ``kernels`` already
+belong to other PyPI projects (Hugging Face's ``kernels`` is probed by diffusers),
+so installing them at top level would shadow or confuse those packages.
+"""
+
+from setuptools import find_packages, setup
+
+
+def _subpackages(folder: str, prefix: str) -> tuple[list[str], dict[str, str]]:
+    """Packages found under ``folder``, renamed to live under ``prefix``."""
+    names = [prefix]
+    names += [f"{prefix}.{name}" for name in find_packages(where=folder)]
+    dirs = {name: folder + name[len(prefix):].replace(".", "/") for name in names}
+    return names, dirs
+
+
+serve_packages = ["helios_serve"] + [f"helios_serve.{p}" for p in find_packages(where="helios_serve")]
+executor_packages, executor_dirs = _subpackages("model_executor", "helios_serve.model_executor")
+kernel_packages, kernel_dirs = _subpackages("kernels", "helios_serve.kernels")
+
+setup(
+    name="helios-serve",
+    version="0.1.0",
+    description="Serving backend for the Helios autoregressive video diffusion models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.14",
+    packages=serve_packages + executor_packages + kernel_packages,
+    package_dir={"helios_serve": "helios_serve", **executor_dirs, **kernel_dirs},
+    install_requires=[
+        # The range admits the CPU wheel 2.13.0 and a user's CUDA 2.13/2.14 build alike;
+        # scripts/install.sh picks the CPU wheel on machines without a GPU.
+        "torch>=2.13,<2.15",
+        "numpy>=2.0",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "diffusers>=0.37,<0.43",  # the reference implementation of Helios
+            "transformers>=5.13,<6",
+            "accelerate>=1.12",
+            "ftfy>=6.3",
+            "psutil>=5",
+        ],
+    },
+    entry_points={"console_scripts": ["helios-serve=helios_serve.cli:main"]},
+)
