@@ -46,6 +46,7 @@ setup(
             "accelerate>=1.12",
             "ftfy>=6.3",
             "psutil>=5",
+            "setuptools>=70",  # builds the wheel checked by tests/test_packaging.py
         ],
     },
     entry_points={"console_scripts": ["helios-serve=helios_serve.cli:main"]},

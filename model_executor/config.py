@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -73,6 +74,22 @@ class HeliosTransformerConfig:
     @property
     def inner_dim(self) -> int:
         return self.num_attention_heads * self.attention_head_dim
+
+    def token_counts(
+        self, latent_height: int, latent_width: int, noisy_frames: int = 9, history_frames=(16, 2, 2)
+    ) -> dict[str, int]:
+        """Tokens of each term of one forward; ``history_frames`` is (long, mid, short).
+
+        History terms are replicate-padded up to whole kernels, so their counts round up.
+        """
+        pt, ph, pw = self.patch_size
+        counts = {"noisy": (noisy_frames // pt) * (latent_height // ph) * (latent_width // pw)}
+        for term, frames, scale in zip(("long", "mid", "short"), history_frames, (4, 2, 1)):
+            kernel = (scale * pt, scale * ph, scale * pw)
+            counts[term] = math.prod(-(-size // k) for size, k in zip((frames, latent_height, latent_width), kernel))
+        counts["history"] = counts["long"] + counts["mid"] + counts["short"]
+        counts["total"] = counts["history"] + counts["noisy"]
+        return counts
 
     @classmethod
     def from_dict(cls, values: dict) -> HeliosTransformerConfig:

@@ -152,27 +152,35 @@ def _assign_if_complete(model: torch.nn.Module, param_name: str, parts: dict, de
     if any(p is None for p in pieces):
         return
     value = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-    module_name, _, attr = param_name.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
-    setattr(module, attr, torch.nn.Parameter(value.to(device), requires_grad=False))
+    set_parameter(model, param_name, value.to(device))
     del parts[param_name]
 
 
-def random_init(model: HeliosTransformer, seed: int) -> None:
-    """Deterministic random weights of realistic scale, the same on every machine."""
+def set_parameter(model: torch.nn.Module, param_name: str, value: torch.Tensor) -> None:
+    """Replace a (possibly meta) parameter with ``value``."""
+    module_name, _, attr = param_name.rpartition(".")
+    module = model.get_submodule(module_name) if module_name else model
+    setattr(module, attr, torch.nn.Parameter(value, requires_grad=False))
+
+
+def random_init(model: HeliosTransformer, seed: int, dtype: torch.dtype, device) -> None:
+    """Deterministic random weights of realistic scale, the same on every machine.
+
+    Values are drawn in fp32 on the CPU one parameter at a time, then cast and moved, so the
+    peak host memory is one parameter whatever the model size.
+    """
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in sorted(model.named_parameters()):
-            noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
-            if "history_key_scale" in name:
-                value = torch.ones_like(noise)
-            elif "scale_shift_table" in name:
-                value = noise / math.sqrt(param.shape[-1])
-            elif "norm" in name and name.endswith("weight"):
-                value = 1.0 + 0.1 * noise
-            elif param.ndim == 1:
-                value = 0.02 * noise
-            else:
-                fan_in = param[0].numel()
-                value = noise / math.sqrt(fan_in)
-            param.copy_(value)
+    for name, param in sorted(model.named_parameters()):
+        noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+        if "history_key_scale" in name:
+            value = torch.ones_like(noise)
+        elif "scale_shift_table" in name:
+            value = noise / math.sqrt(param.shape[-1])
+        elif "norm" in name and name.endswith("weight"):
+            value = 1.0 + 0.1 * noise
+        elif param.ndim == 1:
+            value = 0.02 * noise
+        else:
+            value = noise / math.sqrt(math.prod(param.shape[1:]))  # 1 / sqrt(fan_in)
+        target = torch.float32 if model.is_fp32_parameter(name) else dtype
+        set_parameter(model, name, value.to(device=device, dtype=target))

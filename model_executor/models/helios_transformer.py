@@ -49,7 +49,8 @@ class HeliosBlock(nn.Module):
         self.eps = eps
         self.guidance_cross_attn = config.guidance_cross_attn
         # shift, scale, gate of self-attention, then shift, scale, gate of the FFN
-        self.scale_shift_table = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        # Parameters are filled by the loader or random_init; torch.empty keeps meta construction cheap.
+        self.scale_shift_table = nn.Parameter(torch.empty(1, 6, dim))
         self.self_attn = SelfAttention(dim, heads, eps, config.is_amplify_history, config.history_scale_mode)
         self.norm2 = AffineLayerNorm(dim, eps) if config.cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, heads, eps)
@@ -100,7 +101,7 @@ class HeliosTransformer(nn.Module):
         self.time_embedding = TimeEmbedding(config.freq_dim, dim)
         self.text_embedding = TextProjection(config.text_dim, dim)
         self.blocks = nn.ModuleList([HeliosBlock(config) for _ in range(config.num_layers)])
-        self.output_scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.output_scale_shift_table = nn.Parameter(torch.empty(1, 2, dim))
         self.proj_out = nn.Linear(dim, config.out_channels * math.prod(patch))
 
     # Loading (see model_executor/loader.py) consults these.
@@ -122,22 +123,14 @@ class HeliosTransformer(nn.Module):
         # Built on the meta device first: no time is spent on a default init that is overwritten.
         with torch.device("meta"):
             model = cls(get_preset(name))
-        if str(device) == "meta":
-            return model
-        random_init(model.to_empty(device="cpu"), seed)
-        return model.to_inference_dtype(dtype).to(device)
+        if str(device) != "meta":
+            random_init(model, seed, dtype, device)
+        return model.eval()
 
     def history_kernels(self) -> dict[str, tuple[int, int, int]]:
         return {
             term: tuple(scale * p for p in self.config.patch_size) for term, scale in HISTORY_TERM_SCALES.items()
         }
-
-    def to_inference_dtype(self, dtype: torch.dtype) -> HeliosTransformer:
-        """Cast to ``dtype`` while the reference's fp32 islands stay fp32."""
-        for name, param in self.named_parameters():
-            target = torch.float32 if self.is_fp32_parameter(name) else dtype
-            param.data = param.data.to(target)
-        return self
 
     @classmethod
     def is_fp32_parameter(cls, name: str) -> bool:
