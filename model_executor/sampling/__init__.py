@@ -1,0 +1,1 @@
+"""Helios samplers: schedules, UniPC, DMD, guidance and the pyramid transitions."""
