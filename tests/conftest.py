@@ -43,3 +43,52 @@ def save_reference(tmp_path):
         return model, folder
 
     return save
+
+
+# -- whole tiny Helios pipelines in diffusers format ------------------------------------------
+
+PIPELINE_TEXT_DIM = TINY_REFERENCE_CONFIG["text_dim"]
+
+
+def build_reference_pipeline(variant: str, seed: int = 0):
+    """A tiny diffusers Helios pipeline: Base, Mid or Distilled style, all components random."""
+    from diffusers import AutoencoderKLWan, HeliosDMDScheduler, HeliosPipeline, HeliosPyramidPipeline, HeliosScheduler
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from helios_serve.model_executor.models.tiny import byte_level_tokenizer
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(vocab_size=len(tokenizer), d_model=PIPELINE_TEXT_DIM, d_kv=8, d_ff=48, num_layers=2, num_heads=3,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=16)
+    ).eval()
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    transformer = build_reference(seed)
+    components = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer)
+    # gamma=0.3: diffusers' fp32 Cholesky of the gamma=1/3 block covariance fails on CPU torch 2.13.
+    if variant == "base":
+        scheduler = HeliosScheduler(stages=1, stage_range=[0, 1], use_dynamic_shifting=True)
+        return HeliosPipeline(scheduler=scheduler, **components)
+    if variant == "mid":
+        scheduler = HeliosScheduler(stages=3, gamma=0.3, use_dynamic_shifting=True)
+        return HeliosPyramidPipeline(scheduler=scheduler, is_cfg_zero_star=True, **components)
+    scheduler = HeliosDMDScheduler(stages=3, gamma=0.3, use_dynamic_shifting=True, time_shift_type="linear")
+    return HeliosPyramidPipeline(scheduler=scheduler, is_distilled=True, **components)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """variant -> (reference pipeline, saved checkpoint directory); built once per session."""
+    cache = {}
+
+    def get(variant: str):
+        if variant not in cache:
+            pipeline = build_reference_pipeline(variant)
+            folder = tmp_path_factory.mktemp(f"helios-{variant}")
+            pipeline.save_pretrained(folder)
+            cache[variant] = (pipeline, folder)
+        return cache[variant]
+
+    return get

@@ -1,0 +1,1 @@
+"""Engines: the offline HeliosEngine (and, later, the async serving engine)."""

@@ -1,0 +1,28 @@
+"""What the engine returns to callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class VideoChunkOutput:
+    request_id: str
+    chunk_index: int
+    num_chunks: int
+    frames: np.ndarray
+    """uint8 [T, H, W, 3] of this chunk (33 frames; the last chunk trimmed to a 4n+1 video)."""
+
+
+@dataclass
+class VideoOutput:
+    request_id: str
+    prompt: str
+    frames: np.ndarray
+    """uint8 [T, H, W, 3], the whole video."""
+    fps: int
+    num_chunks: int
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent per phase: encode, denoise, decode, total."""

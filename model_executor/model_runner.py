@@ -1,0 +1,132 @@
+"""The ModelRunner owns the model, the tensors and every request's device state.
+
+It executes units of work for request ids: set a request up (text encoding, conditioning),
+begin a chunk, run one denoising step for a *batch* of requests in one transformer forward,
+move a request to its next pyramid stage, and finish and decode a chunk. It decides
+nothing: which requests run together is the caller's business.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import TINY_MODEL, ModelVariant, read_variant, resolve_model
+from .conditioning import initial_history
+from .models.helios_transformer import HeliosTransformer
+from .models.vae import PreviewDecoder, WanVAE, to_uint8_frames
+from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
+from .step_io import RequestSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    model: str = TINY_MODEL
+    device: str | None = None
+    """torch device; None picks cuda when available, else cpu."""
+    dtype: str | None = None
+    """Transformer and text-encoder dtype; None is bfloat16 on CUDA, float32 on CPU."""
+    text_cache_size: int = 64
+
+    def resolved_device(self) -> torch.device:
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def resolved_dtype(self) -> torch.dtype:
+        if self.dtype:
+            return getattr(torch, self.dtype)
+        return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+
+
+class ModelRunner:
+    def __init__(self, config: RunnerConfig):
+        self.config = config
+        self.device = config.resolved_device()
+        self.dtype = config.resolved_dtype()
+        self.variant, self.transformer, self.text_encoder, self.vae = self._load(config)
+        self.preview = PreviewDecoder.fit(self.vae) if self.vae is not None else self._tiny_preview()
+        self.procedure = ChunkProcedure(self.variant, self.transformer.config.patch_size, self.dtype, self.device)
+        self.requests: dict[str, RequestState] = {}
+
+    def _load(self, config: RunnerConfig) -> tuple[ModelVariant, HeliosTransformer, object, WanVAE | None]:
+        location = resolve_model(config.model)
+        if location == TINY_MODEL:
+            from .models.tiny import tiny_text_encoder, tiny_variant
+
+            transformer = HeliosTransformer.from_preset("helios-tiny", dtype=self.dtype, device=self.device)
+            return tiny_variant(), transformer, tiny_text_encoder(self.device, self.dtype, config.text_cache_size), None
+        from .models.text_encoder import TextEncoder
+
+        root = Path(location)
+        variant = read_variant(root)
+        transformer = HeliosTransformer.from_pretrained(root / "transformer", dtype=self.dtype, device=self.device)
+        text_encoder = TextEncoder.from_pretrained(root, self.device, self.dtype, cache_size=config.text_cache_size)
+        vae = WanVAE.from_pretrained(root / "vae", self.device)  # the VAE runs in fp32 (spec §4.6)
+        logger.info("loaded %s (%s variant) from %s", config.model, variant.name, root)
+        return variant, transformer, text_encoder, vae
+
+    @staticmethod
+    def _tiny_preview() -> PreviewDecoder:
+        from .models.tiny import tiny_preview_decoder
+
+        return tiny_preview_decoder()
+
+    # -- request lifecycle ---------------------------------------------------------------
+    def add_request(self, request_id: str, spec: RequestSpec) -> None:
+        """Encode the prompts and fill the history; the request is then ready for its first chunk."""
+        if (spec.image is not None or spec.video is not None) and self.vae is None:
+            raise ValueError(f"{self.config.model} has no VAE to encode an image or video input")
+        generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+        text = self.text_encoder.encode(spec.prompt).to(self.device, self.dtype)
+        negative = self.text_encoder.encode(spec.negative_prompt).to(self.device, self.dtype) if spec.use_cfg else None
+        history, anchor = initial_history(spec, self.vae, generator, self.device)
+        self.requests[request_id] = RequestState(spec, generator, text, negative, history, anchor)
+
+    def remove_request(self, request_id: str) -> None:
+        self.requests.pop(request_id, None)
+
+    def begin_chunk(self, request_id: str) -> None:
+        self.procedure.begin_chunk(self.requests[request_id])
+
+    def next_stage(self, request_id: str) -> None:
+        self.procedure.next_stage(self.requests[request_id])
+
+    @torch.inference_mode()
+    def denoise_step(self, request_ids: list[str]) -> None:
+        """One denoising step of each request, all rows (CFG included) in one transformer forward.
+
+        The requests' next forwards must share their token geometry (noisy-chunk resolution).
+        """
+        states = [self.requests[r] for r in request_ids]
+        rows = [(state, text) for state in states for text in self.procedure.model_rows(state)]
+        velocity = self.transformer(
+            hidden_states=torch.cat([s.latents.to(self.dtype) for s, _ in rows]),
+            timestep=torch.tensor([self.procedure.model_timestep(s) for s, _ in rows], device=self.device),
+            encoder_hidden_states=torch.cat([text for _, text in rows]),
+            **self._history_inputs([s for s, _ in rows]),
+        )
+        offset = 0
+        for state in states:
+            count = len(self.procedure.model_rows(state))
+            self.procedure.apply_model_output(state, list(velocity[offset : offset + count].split(1)))
+            offset += count
+
+    def _history_inputs(self, states: list[RequestState]) -> dict[str, torch.Tensor]:
+        inputs = {"indices_hidden_states": NOISY_INDICES.to(self.device)}
+        for term, indices in HISTORY_INDICES.items():
+            inputs[f"latents_history_{term}"] = torch.cat([s.history_terms[term].to(self.dtype) for s in states])
+            inputs[f"indices_latents_history_{term}"] = indices.to(self.device)
+        return inputs
+
+    def finish_chunk(self, request_id: str) -> torch.Tensor:
+        """Close the chunk and decode it: uint8 frames [T, H, W, 3], the last chunk trimmed to 4n+1."""
+        state = self.requests[request_id]
+        chunk_index = state.chunk_index
+        latents = self.procedure.finish_chunk(state)
+        decoder = self.vae if (state.spec.decoder == "vae" and self.vae is not None) else self.preview
+        frames = to_uint8_frames(decoder.decode(latents))
+        return frames[: state.spec.frames_in_chunk(chunk_index)]

@@ -1,0 +1,86 @@
+"""UMT5 prompt encoding with the reference's cleaning and padding (spec §5.1), plus an LRU cache."""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from collections import OrderedDict
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MAX_SEQUENCE_LENGTH = 512
+
+
+def clean_prompt(text: str) -> str:
+    """Fix mojibake, unescape HTML twice, collapse whitespace."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+class TextEncoder:
+    """Prompt -> [1, max_length, dim] embeddings, valid positions first, zero padding after.
+
+    Padding positions are zeros, not masked: the transformer's text projection turns them into
+    a constant vector every query may attend to, as the checkpoints were trained.
+    """
+
+    def __init__(self, tokenizer, encoder, max_length: int = MAX_SEQUENCE_LENGTH, cache_size: int = 64):
+        self.tokenizer = tokenizer
+        self.encoder = encoder.eval()
+        self.max_length = max_length
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    @classmethod
+    def from_pretrained(cls, root, device, dtype: torch.dtype, **kwargs) -> TextEncoder:
+        from transformers import AutoTokenizer, UMT5EncoderModel
+
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", torch_dtype=dtype).to(device)
+        return cls(tokenizer, encoder, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.encoder.parameters()).dtype
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        key = clean_prompt(prompt)
+        valid = self._cache.get(key)
+        if valid is None:
+            valid = self._encode_uncached(key)
+            self._cache[key] = valid
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        padded = valid.new_zeros(1, self.max_length, valid.shape[-1])
+        padded[0, : valid.shape[0]] = valid
+        return padded
+
+    @torch.inference_mode()
+    def _encode_uncached(self, prompt: str) -> torch.Tensor:
+        num_tokens = len(self.tokenizer(prompt, add_special_tokens=True).input_ids)
+        if num_tokens > self.max_length:
+            logger.warning("prompt has %d tokens; truncated to %d", num_tokens, self.max_length)
+        tokens = self.tokenizer(
+            [prompt],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        mask = tokens.attention_mask.to(self.device)
+        hidden = self.encoder(tokens.input_ids.to(self.device), mask).last_hidden_state
+        length = int(mask.gt(0).sum())
+        return hidden[0, :length].to(self.dtype).clone()

@@ -1,0 +1,92 @@
+"""Latent <-> pixel decoders: the Wan-2.1 VAE and a fast linear preview decoder (spec §5.2).
+
+Both take normalised latents [B, 16, T, h, w] of one chunk and return pixels in [-1, 1],
+[B, 3, 1 + 4 (T - 1), 8 h, 8 w]: the first latent frame gives one frame, each further one four.
+"""
+
+from __future__ import annotations
+
+import torch
+
+SPATIAL_SCALE, TEMPORAL_SCALE = 8, 4
+
+
+def num_decoded_frames(num_latent_frames: int) -> int:
+    return 1 + TEMPORAL_SCALE * (num_latent_frames - 1)
+
+
+class WanVAE:
+    """diffusers' AutoencoderKLWan with the checkpoint's latent statistics."""
+
+    def __init__(self, vae):
+        self.vae = vae.eval()
+        param = next(vae.parameters())
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        self.mean = torch.tensor(vae.config.latents_mean).view(shape).to(param.device, param.dtype)
+        # The reference stores 1/std and divides by it when decoding; kept so for identical rounding.
+        self.inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(param.device, param.dtype)
+
+    @classmethod
+    def from_pretrained(cls, folder, device, dtype: torch.dtype = torch.float32) -> WanVAE:
+        from diffusers import AutoencoderKLWan
+
+        return cls(AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype).to(device))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mean.dtype
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Normalised latents of pixels [B, 3, T, H, W], sampled from the posterior with ``generator``."""
+        pixels = pixels.to(device=self.mean.device, dtype=self.dtype)
+        latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
+        return (latents - self.mean) * self.inv_std
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(device=self.mean.device, dtype=self.dtype) / self.inv_std + self.mean
+        return self.vae.decode(latents, return_dict=False)[0]
+
+
+class PreviewDecoder:
+    """Per-channel linear map from the 16 latent channels to RGB, upsampled 8x in space and 4x in time.
+
+    Orders of magnitude cheaper than the VAE: for low-latency previews of real models and as
+    the decoder of helios-tiny. ``fit`` derives the map from a VAE by least squares.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        self.weight = weight.float()  # [3, 16]
+        self.bias = bias.float()  # [3]
+
+    @classmethod
+    def seeded(cls, seed: int, channels: int = 16) -> PreviewDecoder:
+        g = torch.Generator().manual_seed(seed)
+        return cls(torch.randn(3, channels, generator=g) * 0.25, torch.zeros(3))
+
+    @classmethod
+    @torch.inference_mode()
+    def fit(cls, vae: WanVAE, seed: int = 0, size: int = 8) -> PreviewDecoder:
+        """Least-squares fit of the VAE's decoded colours on its latents (one latent frame)."""
+        g = torch.Generator().manual_seed(seed)
+        latents = torch.randn(1, vae.vae.config.z_dim, 1, size, size, generator=g)
+        pixels = vae.decode(latents).float().cpu()  # [1, 3, 1, 8 size, 8 size]
+        pooled = torch.nn.functional.avg_pool2d(pixels[:, :, 0], SPATIAL_SCALE)[0]  # [3, size, size]
+        design = torch.cat([latents[0, :, 0].reshape(latents.shape[1], -1), torch.ones(1, size * size)])
+        solution = torch.linalg.lstsq(design.T, pooled.reshape(3, -1).T).solution  # [17, 3]
+        return cls(solution[:-1].T, solution[-1])
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        x = latents.float()
+        rgb = torch.einsum("oc,bcthw->bothw", self.weight.to(x.device), x) + self.bias.to(x.device).view(1, 3, 1, 1, 1)
+        first, rest = rgb[:, :, :1], rgb[:, :, 1:].repeat_interleave(TEMPORAL_SCALE, dim=2)
+        rgb = torch.cat([first, rest], dim=2)
+        rgb = rgb.repeat_interleave(SPATIAL_SCALE, dim=3).repeat_interleave(SPATIAL_SCALE, dim=4)
+        return rgb.clamp(-1, 1)
+
+
+def to_uint8_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3], rounded as diffusers' postprocessing."""
+    frames = (pixels[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0)
+    return (frames * 255).round().to(torch.uint8).cpu()

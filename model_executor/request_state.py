@@ -1,0 +1,165 @@
+"""Per-request device state and the chunk procedure of the Helios samplers (spec §3, §4).
+
+A request advances in small units: begin a chunk (fresh noise, history split), denoising
+steps (each one transformer call, two with CFG), stage transitions of the pyramid, and
+finishing the chunk (anchor and history update). Every unit touches only its own request's
+state, and all randomness comes from the request's own generator in the reference's order,
+so requests can be interleaved and batched in any way without changing their output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .checkpoint import ModelVariant
+from .sampling import guidance
+from .sampling.dmd import dmd_step, euler_step
+from .sampling.pyramid import enter_finer_stage, shrink_noise
+from .sampling.schedules import StageSchedule, dynamic_shift_mu, pyramid_stage_schedule, single_stage_schedule
+from .sampling.unipc import UniPCState
+from .step_io import HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec
+
+LATENT_CHANNELS = 16
+# Relative temporal RoPE positions: [anchor | long 16 | mid 2 | last 1 | noisy 9] (spec §2.3).
+_POSITIONS = torch.arange(1 + sum(HISTORY_SIZES) + LATENT_FRAMES_PER_CHUNK)
+HISTORY_INDICES = {
+    "long": _POSITIONS[1:17][None],
+    "mid": _POSITIONS[17:19][None],
+    "short": torch.stack([_POSITIONS[0], _POSITIONS[19]])[None],
+}
+NOISY_INDICES = _POSITIONS[20:][None]
+
+
+@dataclass
+class RequestState:
+    spec: RequestSpec
+    generator: torch.Generator
+    text: torch.Tensor
+    """[1, L, text_dim] prompt embeddings in the transformer dtype."""
+    negative_text: torch.Tensor | None
+    history: torch.Tensor
+    """[1, 16, 19, h, w] fp32: the last 19 latents (long 16, mid 2, last 1); bounded memory."""
+    anchor: torch.Tensor | None = None
+    """[1, 16, 1, h, w]: the first-frame anchor (first latent, image or first video frame)."""
+    chunk_index: int = 0
+    stage_index: int = 0
+    step_index: int = 0
+    latents: torch.Tensor | None = None
+    schedule: StageSchedule | None = None
+    solver: UniPCState | None = None
+    stage_start: torch.Tensor | None = None
+    history_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def stage_done(self) -> bool:
+        return self.step_index >= self.schedule.num_steps
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.stage_index == len(self.spec.stage_steps) - 1
+
+    @property
+    def is_finished(self) -> bool:
+        return self.chunk_index >= self.spec.num_chunks
+
+
+class ChunkProcedure:
+    """The sampling arithmetic of one variant, applied to any request's state."""
+
+    def __init__(self, variant: ModelVariant, patch_size: tuple[int, int, int], compute_dtype: torch.dtype, device):
+        self.variant = variant
+        self.scheduler = variant.scheduler
+        self.patch_size = patch_size
+        self.compute_dtype = compute_dtype
+        self.device = torch.device(device)
+
+    # -- chunk start ---------------------------------------------------------------------
+    def begin_chunk(self, state: RequestState) -> None:
+        long, mid, last = state.history.split(HISTORY_SIZES, dim=2)
+        prefix = state.anchor
+        if prefix is None:  # T2V first chunk: the anchor slot is zeros
+            prefix = torch.zeros_like(last)
+        state.history_terms = {"short": torch.cat([prefix, last], dim=2), "mid": mid, "long": long}
+        spec = state.spec
+        shape = (1, LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, spec.height // 8, spec.width // 8)
+        noise = torch.randn(shape, generator=state.generator, device=state.generator.device, dtype=torch.float32)
+        state.latents = noise.to(self.device)
+        if self.variant.is_pyramid:
+            state.latents = shrink_noise(state.latents, self.scheduler.stages)
+        self._start_stage(state, 0)
+
+    def _num_tokens(self, latents: torch.Tensor) -> int:
+        return latents.shape[-1] * latents.shape[-2] * latents.shape[-3] // math.prod(self.patch_size)
+
+    def _start_stage(self, state: RequestState, stage: int) -> None:
+        spec, scheduler = state.spec, self.scheduler
+        # mu comes from the latents *before* the stage's upsample (a reference quirk, spec §4.3).
+        mu = dynamic_shift_mu(self._num_tokens(state.latents))
+        if self.variant.is_pyramid:
+            amplify = spec.amplify_first_chunk and state.chunk_index == 0
+            state.schedule = pyramid_stage_schedule(scheduler, stage, spec.stage_steps[stage], mu, amplify)
+        else:
+            state.schedule = single_stage_schedule(scheduler, spec.stage_steps[0], mu)
+        if stage > 0:
+            alpha, beta = scheduler.stage_tables.renoise_coefficients(stage, scheduler.gamma)
+            patch = self.patch_size[1:]
+            state.latents = enter_finer_stage(
+                state.latents, alpha, beta, scheduler.gamma, state.generator, self.compute_dtype, patch
+            )
+        state.stage_index, state.step_index = stage, 0
+        state.stage_start = state.latents if scheduler.kind == "dmd" else None
+        state.solver = UniPCState(state.schedule.sigmas, scheduler.disable_corrector) if scheduler.kind == "unipc" else None
+
+    # -- denoising steps -----------------------------------------------------------------
+    def model_timestep(self, state: RequestState) -> float:
+        """The timestep fed to the transformer; the pyramid pipelines truncate it to an integer."""
+        t = state.schedule.timesteps[state.step_index]
+        return float(t.to(torch.int64)) if self.variant.is_pyramid else float(t)
+
+    def model_rows(self, state: RequestState) -> list[torch.Tensor]:
+        """Text embeddings of this step's forward rows: conditional, then unconditional with CFG."""
+        return [state.text, state.negative_text] if state.spec.use_cfg else [state.text]
+
+    def apply_model_output(self, state: RequestState, velocities: list[torch.Tensor]) -> None:
+        """Combine the rows' velocities with guidance and take one sampler step."""
+        velocity = self._guide(state, velocities)
+        schedule, step = state.schedule, state.step_index
+        if self.scheduler.kind == "dmd":
+            state.latents = dmd_step(schedule, step, velocity, state.latents, state.stage_start)
+        elif self.scheduler.kind == "euler":
+            state.latents = euler_step(schedule, step, velocity, state.latents)
+        else:
+            state.latents = state.solver.step(velocity, state.latents)
+        state.step_index += 1
+
+    def _guide(self, state: RequestState, velocities: list[torch.Tensor]) -> torch.Tensor:
+        spec = state.spec
+        if not spec.use_cfg:
+            return velocities[0]
+        cond, uncond = velocities
+        if not spec.use_cfg_zero_star:
+            return guidance.cfg(cond, uncond, spec.guidance_scale)
+        if spec.use_zero_init and state.stage_index == 0 and state.step_index <= spec.zero_steps:
+            return cond * 0.0  # CFG-Zero* zero-init: the first steps of stage 0 predict no motion
+        return guidance.cfg_zero_star(cond, uncond, spec.guidance_scale)
+
+    # -- stage and chunk ends ------------------------------------------------------------
+    def next_stage(self, state: RequestState) -> None:
+        """Upsample and re-noise into the next pyramid stage."""
+        self._start_stage(state, state.stage_index + 1)
+
+    def finish_chunk(self, state: RequestState) -> torch.Tensor:
+        """Record the chunk in the history; returns its normalised latents [1, 16, 9, h, w]."""
+        chunk = state.latents
+        if state.anchor is None and state.chunk_index == 0:
+            state.anchor = chunk[:, :, :1]
+        elif state.spec.skip_first_chunk and state.chunk_index == 1:
+            state.anchor = chunk[:, :, :1]
+        state.history = torch.cat([state.history, chunk], dim=2)[:, :, -sum(HISTORY_SIZES) :]
+        state.chunk_index += 1
+        state.latents, state.schedule, state.solver, state.stage_start = None, None, None, None
+        state.history_terms = {}
+        return chunk
