@@ -37,14 +37,19 @@ setup(
         "torch>=2.13,<2.15",
         "numpy>=2.0",
         "safetensors>=0.4",
+        "diffusers>=0.37,<0.43",  # AutoencoderKLWan, VideoProcessor; Helios classes are the test reference
+        "transformers>=5.13,<6",  # UMT5EncoderModel and the checkpoint's tokenizer
+        "accelerate>=1.12",  # diffusers needs it to load fp32-kept modules
+        "huggingface-hub>=1.0",  # finds checkpoints in the local Hugging Face cache
+        "ftfy>=6.3",  # prompt cleaning, as the reference pipelines do
+        "sentencepiece>=0.2",
+        "av>=16.1",  # PyAV: H.264 MP4 in and out
+        "pillow>=10",
+        "tqdm>=4.60",
     ],
     extras_require={
         "test": [
             "pytest>=8",
-            "diffusers>=0.37,<0.43",  # the reference implementation of Helios
-            "transformers>=5.13,<6",
-            "accelerate>=1.12",
-            "ftfy>=6.3",
             "psutil>=5",
             "setuptools>=70",  # builds the wheel checked by tests/test_packaging.py
         ],

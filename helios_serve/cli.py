@@ -37,12 +37,59 @@ def _add_check_parser(subparsers) -> None:
     parser.set_defaults(handler=_run_check)
 
 
+def _add_generate_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate one video offline and write it as an MP4",
+        description=(
+            "Generate a video from a text prompt (optionally conditioned on an image or a video) and "
+            "write it as an H.264 MP4, chunk by chunk as the chunks are made. Settings left out take "
+            "the model's official defaults (steps, guidance, size)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("prompt", help="what the video shows")
+    parser.add_argument("-o", "--output", default="output.mp4", help="MP4 file to write")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="helios-tiny, helios-base, helios-mid, helios-distilled, a Hugging Face repo id in the local cache, "
+        "or a diffusers-format checkpoint directory",
+    )
+    parser.add_argument("--num-frames", type=int, default=None, help="frames to generate (33 per chunk) [model default]")
+    parser.add_argument("--height", type=int, default=None, help="height in pixels [model default]")
+    parser.add_argument("--width", type=int, default=None, help="width in pixels [model default]")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same video")
+    parser.add_argument("--negative-prompt", default="", help="what to steer away from (with guidance > 1)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance [model default]")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (per stage for pyramid models)")
+    parser.add_argument(
+        "--pyramid-steps", default=None, help="steps per pyramid stage, comma-separated, e.g. 2,2,2 [model default]"
+    )
+    parser.add_argument("--image", default=None, help="image file for image-to-video")
+    parser.add_argument("--video", default=None, help="video file for video-to-video (at least 33 frames)")
+    parser.add_argument("--fps", type=int, default=None, help="frame rate of the MP4 [24]")
+    parser.add_argument("--decoder", choices=("auto", "vae", "preview"), default="auto",
+                        help="latent decoder; auto is the VAE when the model has one, else the preview decoder")
+    parser.add_argument("--device", default="auto", help="torch device; auto is cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
+                        help="transformer dtype; auto is bfloat16 on CUDA, float32 on CPU")
+    parser.set_defaults(handler=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .generate import run_generate
+
+    return run_generate(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helios-serve",
         description="Serve the Helios autoregressive video diffusion models.",
     )
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
+    _add_generate_parser(subparsers)
     _add_check_parser(subparsers)
     return parser
 
@@ -67,7 +114,7 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A mistake in the command line or its inputs: reported as one line, no traceback."""
 
 
@@ -75,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)
-    except (UserError, ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"helios-serve: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -24,5 +24,5 @@ class VideoOutput:
     """uint8 [T, H, W, 3], the whole video."""
     fps: int
     num_chunks: int
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds spent per phase: encode, denoise, decode, total."""
+    elapsed_seconds: float = 0.0
+    """Wall time from submission to the last chunk."""

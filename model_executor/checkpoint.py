@@ -93,14 +93,12 @@ def read_variant(root: Path) -> ModelVariant:
     return variant_from_configs(load(root / "model_index.json"), load(root / "scheduler" / "scheduler_config.json"))
 
 
-def _hf_cache_dir() -> str:
-    from huggingface_hub import constants
+def resolve_model(name: str, cache_dir: str | None = None) -> str | Path:
+    """TINY_MODEL, or the directory of a diffusers-format checkpoint.
 
-    return str(constants.HF_HUB_CACHE)
-
-
-def resolve_model(name: str) -> str | Path:
-    """TINY_MODEL, or the directory of a diffusers-format checkpoint."""
+    ``cache_dir`` is the Hugging Face hub cache (default: HF_HUB_CACHE / HF_HOME); nothing is
+    downloaded, only an existing snapshot is used.
+    """
     if name == TINY_MODEL:
         return TINY_MODEL
     repo_id = MODEL_ALIASES.get(name, name)
@@ -114,9 +112,11 @@ def resolve_model(name: str) -> str | Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
+        from huggingface_hub import constants
+
         try:
-            return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
+            return Path(snapshot_download(repo_id=repo_id, local_files_only=True, cache_dir=cache_dir))
         except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-            looked.append(f"{repo_id} not in the Hugging Face cache {_hf_cache_dir()}")
+            looked.append(f"{repo_id} not in the Hugging Face cache {cache_dir or constants.HF_HUB_CACHE}")
     known = ", ".join([TINY_MODEL, *MODEL_ALIASES])
     raise ModelNotFoundError(f"model {name!r} not found: {'; '.join(looked)} (built-in names: {known})")

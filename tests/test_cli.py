@@ -28,13 +28,21 @@ def test_check_loads_a_checkpoint_folder(save_reference):
     assert "float32 on cpu" in result.stdout
 
 
-def test_bad_input_is_one_line_without_traceback(tmp_path):
-    for args in (["check", "no-such-model"], ["check", "--height", "100"], ["check", str(tmp_path)]):
-        result = run_cli(*args)
-        assert result.returncode == 2
-        assert "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert result.stderr.startswith("helios-serve: error:")
+def assert_one_line_error(capsys, *args):
+    from helios_serve.cli import main
+
+    assert main(list(args)) == 2, args
+    err = capsys.readouterr().err
+    assert err.startswith("helios-serve: error:") and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path, capsys):
+    assert_one_line_error(capsys, "check", "no-such-model")
+    assert_one_line_error(capsys, "check", "--height", "100")
+    assert_one_line_error(capsys, "check", str(tmp_path))
+    # and as a real process: exit code 2, no traceback
+    result = run_cli("check", "no-such-model")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
 def test_example_and_benchmark_run():
@@ -51,3 +59,41 @@ def test_example_and_benchmark_run():
     )
     assert bench.returncode == 0, bench.stderr
     assert len(bench.stdout.strip().splitlines()) == 3  # header + one row per batch size
+
+
+def test_generate_writes_a_playable_mp4(tmp_path):
+    from helios_serve.video_io import read_video
+
+    out = tmp_path / "fox.mp4"
+    result = run_cli("generate", "a red fox in the snow", "--num-frames", "66", "--height", "64", "--width", "128", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}: 65 frames, 128x64" in result.stdout and "frames/s" in result.stdout
+    assert "chunk 2/2" in result.stderr  # the progress bar
+    frames = read_video(out)
+    assert frames.shape == (65, 64, 128, 3)
+
+
+def test_generate_image_to_video_from_a_checkpoint(tiny_checkpoint, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from helios_serve.video_io import read_video
+
+    _, folder = tiny_checkpoint("distilled")
+    image = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "i2v.mp4"
+    result = run_cli("generate", "a lantern", "--model", str(folder), "--image", str(image), "--num-frames", "33",
+                     "--height", "64", "--width", "64", "--pyramid-steps", "1,1,1", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert read_video(out).shape == (33, 64, 64, 3)
+
+
+def test_generate_errors_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "never.mp4")
+    assert_one_line_error(capsys, "generate", "x", "--height", "100", "-o", out)
+    assert_one_line_error(capsys, "generate", "x", "--model", "helios-mid", "-o", out)
+    assert_one_line_error(capsys, "generate", "x", "--image", str(tmp_path / "missing.png"), "-o", out)
+    assert_one_line_error(capsys, "generate", "x", "--pyramid-steps", "2,a", "-o", out)
+    assert_one_line_error(capsys, "generate", "x", "--image", __file__, "-o", out)
+    assert not (tmp_path / "never.mp4").exists()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -52,46 +52,50 @@ class HeliosEngine:
         if len(param_list) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(param_list)} sampling params")
         specs = [self.resolve(p, sp) for p, sp in zip(prompts, param_list)]  # validate all before running any
-        return [
-            self._run(prompt, spec, sp.fps or self.variant.default_fps, on_chunk, on_progress)
-            for prompt, spec, sp in zip(prompts, specs, param_list)
-        ]
+        outputs = []
+        for prompt, spec, sp in zip(prompts, specs, param_list):
+            started, chunks = time.perf_counter(), []
+            for chunk in self._stream(spec, on_progress):
+                chunks.append(chunk.frames)
+                if on_chunk:
+                    on_chunk(chunk)
+            fps = sp.fps or self.variant.default_fps
+            elapsed = time.perf_counter() - started
+            outputs.append(VideoOutput(chunk.request_id, prompt, np.concatenate(chunks), fps, spec.num_chunks, elapsed))
+        return outputs
 
-    def _run(self, prompt, spec, fps, on_chunk, on_progress) -> VideoOutput:
+    def stream(
+        self, prompt: str, params: VideoSamplingParams | None = None, on_progress: ProgressCallback | None = None
+    ) -> Iterator[VideoChunkOutput]:
+        """The chunks of one video, each yielded as soon as it is decoded; nothing is kept."""
+        return self._stream(self.resolve(prompt, params or VideoSamplingParams()), on_progress)
+
+    def _stream(self, spec, on_progress) -> Iterator[VideoChunkOutput]:
         request_id = uuid.uuid4().hex
         runner = self.runner
-        timings = dict.fromkeys(("encode", "denoise", "decode"), 0.0)
         total_units = sum(sum(spec.steps_in_chunk(k)) + 1 for k in range(spec.num_chunks))
         done = 0
-        started = time.perf_counter()
+
+        def advance():
+            nonlocal done
+            done += 1
+            if on_progress:
+                on_progress(request_id, done, total_units)
+
         runner.add_request(request_id, spec)
-        timings["encode"] = time.perf_counter() - started
-        chunks = []
         try:
+            state = runner.requests[request_id]
             for chunk_index in range(spec.num_chunks):
-                tick = time.perf_counter()
                 runner.begin_chunk(request_id)
-                state = runner.requests[request_id]
                 while True:
                     while not state.stage_done:
                         runner.denoise_step([request_id])
-                        done += 1
-                        if on_progress:
-                            on_progress(request_id, done, total_units)
+                        advance()
                     if state.is_last_stage:
                         break
                     runner.next_stage(request_id)
-                timings["denoise"] += time.perf_counter() - tick
-                tick = time.perf_counter()
                 frames = runner.finish_chunk(request_id).numpy()
-                timings["decode"] += time.perf_counter() - tick
-                done += 1
-                if on_progress:
-                    on_progress(request_id, done, total_units)
-                if on_chunk:
-                    on_chunk(VideoChunkOutput(request_id, chunk_index, spec.num_chunks, frames))
-                chunks.append(frames)
+                advance()
+                yield VideoChunkOutput(request_id, chunk_index, spec.num_chunks, frames)
         finally:
             runner.remove_request(request_id)
-        timings["total"] = time.perf_counter() - started
-        return VideoOutput(request_id, prompt, np.concatenate(chunks), fps, spec.num_chunks, timings)

@@ -1,0 +1,70 @@
+"""``helios-serve generate``: one video offline, written to MP4 as its chunks arrive."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _sampling_params(args: argparse.Namespace):
+    from .sampling_params import VideoSamplingParams
+    from .video_io import read_image, read_video
+
+    pyramid_steps = None
+    if args.pyramid_steps:
+        try:
+            pyramid_steps = tuple(int(n) for n in args.pyramid_steps.split(","))
+        except ValueError:
+            raise ValueError(f"--pyramid-steps must be integers separated by commas, got {args.pyramid_steps!r}") from None
+    return VideoSamplingParams(
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+        negative_prompt=args.negative_prompt,
+        guidance_scale=args.guidance_scale,
+        num_inference_steps=args.steps,
+        pyramid_num_inference_steps_list=pyramid_steps,
+        image=read_image(args.image) if args.image else None,
+        video=read_video(args.video) if args.video else None,
+        fps=args.fps,
+        decoder=None if args.decoder == "auto" else args.decoder,
+    )
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .engine.engine import HeliosEngine
+    from .video_io import Mp4Writer
+
+    params = _sampling_params(args)
+    started = time.perf_counter()
+    engine = HeliosEngine(
+        model=args.model,
+        device=None if args.device == "auto" else args.device,
+        dtype=None if args.dtype == "auto" else args.dtype,
+    )
+    spec = engine.resolve(args.prompt, params)  # validate before opening the output file
+    fps = params.fps or engine.variant.default_fps
+    load_seconds = time.perf_counter() - started
+    bar = tqdm(total=1, unit="step", desc="generating", file=sys.stderr, dynamic_ncols=True)
+
+    def on_progress(_request_id: str, done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    started = time.perf_counter()
+    with Mp4Writer(args.output, fps) as writer:
+        for chunk in engine.stream(args.prompt, params, on_progress):
+            writer.write(chunk.frames)
+            bar.set_postfix_str(f"chunk {chunk.chunk_index + 1}/{chunk.num_chunks}")
+    bar.close()
+    seconds = time.perf_counter() - started
+    print(
+        f"wrote {args.output}: {writer.num_frames} frames, {spec.width}x{spec.height}, "
+        f"{writer.num_frames / fps:.1f} s at {fps} fps, generated in {seconds:.1f} s "
+        f"({writer.num_frames / seconds:.1f} frames/s; model loaded in {load_seconds:.1f} s)"
+    )
+    return 0
