@@ -118,11 +118,20 @@ def resolve_transformer_folder(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"no {CONFIG_NAME} in {folder} or {folder / 'transformer'}")
 
 
-def load_transformer(path, dtype: torch.dtype = torch.bfloat16, device="cpu") -> HeliosTransformer:
+def default_batch_invariance(device, batch_invariant: bool | None) -> bool:
+    """Batch-invariant GEMMs by default on CPU only (see layers/linear.py)."""
+    if batch_invariant is not None:
+        return batch_invariant
+    return torch.device(device).type == "cpu"
+
+
+def load_transformer(
+    path, dtype: torch.dtype = torch.bfloat16, device="cpu", batch_invariant: bool | None = None
+) -> HeliosTransformer:
     folder = resolve_transformer_folder(path)
     config = HeliosTransformerConfig.from_json_file(folder / CONFIG_NAME)
     with torch.device("meta"):
-        model = HeliosTransformer(config)
+        model = HeliosTransformer(config, default_batch_invariance(device, batch_invariant))
     expected = checkpoint_shapes(model)
     files = _checkpoint_files(folder)
     missing, unexpected = set(expected) - set(files), set(files) - set(expected)

@@ -81,7 +81,8 @@ def test_batch_of_different_requests_equals_separate_calls(pair, height, width):
         error = relative_error(batched[i : i + 1], expected)
         print(f"batched sample {i} at {height}x{width}: {error:.2e} vs reference")
         assert error <= TOLERANCE
-        assert relative_error(batched[i : i + 1], ours_single) <= TOLERANCE
+        # Batch invariance: on CPU a request's output does not depend on its batch mates at all.
+        assert torch.equal(batched[i : i + 1], ours_single)
 
 
 _PER_SAMPLE = {

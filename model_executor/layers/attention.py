@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .linear import Linear
 from .norm import RMSNorm
 from .rotary import RotaryTable, apply_rotary
 
@@ -26,13 +27,15 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tor
 class SelfAttention(nn.Module):
     """Attention over all tokens (history and noisy) with q/k RMSNorm and 3-D RoPE."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float, amplify_history: bool, history_scale_mode: str):
+    def __init__(
+        self, dim: int, num_heads: int, eps: float, amplify_history: bool, history_scale_mode: str, batch_invariant: bool
+    ):
         super().__init__()
         self.num_heads = num_heads
-        self.to_qkv = nn.Linear(dim, 3 * dim)
+        self.to_qkv = Linear(dim, 3 * dim, batch_invariant)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
-        self.to_out = nn.Linear(dim, dim)
+        self.to_out = Linear(dim, dim, batch_invariant)
         self.history_key_scale = None
         if amplify_history:
             num_scales = num_heads if history_scale_mode == "per_head" else 1
@@ -58,14 +61,14 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Attention from tokens to the projected text embeddings (no RoPE, no mask)."""
 
-    def __init__(self, dim: int, num_heads: int, eps: float):
+    def __init__(self, dim: int, num_heads: int, eps: float, batch_invariant: bool):
         super().__init__()
         self.num_heads = num_heads
-        self.to_q = nn.Linear(dim, dim)
-        self.to_kv = nn.Linear(dim, 2 * dim)
+        self.to_q = Linear(dim, dim, batch_invariant)
+        self.to_kv = Linear(dim, 2 * dim, batch_invariant)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
-        self.to_out = nn.Linear(dim, dim)
+        self.to_out = Linear(dim, dim, batch_invariant)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))

@@ -9,6 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .linear import Linear, gelu_tanh, per_sample
+
 
 def sinusoidal_features(timestep: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """[cos(t f_k), sin(t f_k)] with f_k = max_period^(-k / (dim/2)); fp32, [B, dim]."""
@@ -28,27 +30,29 @@ class TimeConditioning(NamedTuple):
 class TimeEmbedding(nn.Module):
     """Sinusoid -> MLP (the fp32 ``time_embedder``) -> SiLU -> Linear to six modulation vectors."""
 
-    def __init__(self, freq_dim: int, dim: int):
+    def __init__(self, freq_dim: int, dim: int, batch_invariant: bool = False):
         super().__init__()
         self.freq_dim = freq_dim
-        self.linear_1 = nn.Linear(freq_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-        self.time_proj = nn.Linear(dim, 6 * dim)
+        self.linear_1 = Linear(freq_dim, dim, batch_invariant)
+        self.linear_2 = Linear(dim, dim, batch_invariant)
+        self.time_proj = Linear(dim, 6 * dim, batch_invariant)
+        self.batch_invariant = batch_invariant
 
     def forward(self, timestep: torch.Tensor, compute_dtype: torch.dtype) -> TimeConditioning:
         features = sinusoidal_features(timestep, self.freq_dim).to(self.linear_1.weight.dtype)
-        temb = self.linear_2(F.silu(self.linear_1(features))).to(compute_dtype)
-        modulation = self.time_proj(F.silu(temb)).unflatten(-1, (6, -1))
+        temb = self.linear_2(per_sample(F.silu, self.linear_1(features), self.batch_invariant)).to(compute_dtype)
+        modulation = self.time_proj(per_sample(F.silu, temb, self.batch_invariant)).unflatten(-1, (6, -1))
         return TimeConditioning(temb, modulation)
 
 
 class TextProjection(nn.Module):
     """Linear -> GELU(tanh) -> Linear from the text encoder width to the model width."""
 
-    def __init__(self, text_dim: int, dim: int):
+    def __init__(self, text_dim: int, dim: int, batch_invariant: bool = False):
         super().__init__()
-        self.linear_1 = nn.Linear(text_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = Linear(text_dim, dim, batch_invariant)
+        self.linear_2 = Linear(dim, dim, batch_invariant)
+        self.batch_invariant = batch_invariant
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.gelu(self.linear_1(text), approximate="tanh"))
+        return self.linear_2(gelu_tanh(self.linear_1(text), self.batch_invariant))

@@ -15,12 +15,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import HeliosTransformerConfig
 from ..layers.attention import CrossAttention, SelfAttention
 from ..layers.embeddings import TextProjection, TimeEmbedding
+from ..layers.linear import Linear, gelu_tanh
 from ..layers.norm import AffineLayerNorm, SegmentParams, gated_residual, layer_norm_fp32, modulated_layer_norm
+from ..layers.patch_embed import PatchEmbed
 from ..layers.rotary import RotaryTable, pad_replicate, rotary_table
 
 # Multiples of the noisy patch used by the short / mid / long history tokenisers.
@@ -33,17 +34,18 @@ class TokenTerm(NamedTuple):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int):
+    def __init__(self, dim: int, hidden_dim: int, batch_invariant: bool):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = Linear(dim, hidden_dim, batch_invariant)
+        self.fc2 = Linear(hidden_dim, dim, batch_invariant)
+        self.batch_invariant = batch_invariant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(gelu_tanh(self.fc1(x), self.batch_invariant))
 
 
 class HeliosBlock(nn.Module):
-    def __init__(self, config: HeliosTransformerConfig):
+    def __init__(self, config: HeliosTransformerConfig, batch_invariant: bool):
         super().__init__()
         dim, heads, eps = config.inner_dim, config.num_attention_heads, config.eps
         self.eps = eps
@@ -51,10 +53,12 @@ class HeliosBlock(nn.Module):
         # shift, scale, gate of self-attention, then shift, scale, gate of the FFN
         # Parameters are filled by the loader or random_init; torch.empty keeps meta construction cheap.
         self.scale_shift_table = nn.Parameter(torch.empty(1, 6, dim))
-        self.self_attn = SelfAttention(dim, heads, eps, config.is_amplify_history, config.history_scale_mode)
+        self.self_attn = SelfAttention(
+            dim, heads, eps, config.is_amplify_history, config.history_scale_mode, batch_invariant
+        )
         self.norm2 = AffineLayerNorm(dim, eps) if config.cross_attn_norm else nn.Identity()
-        self.cross_attn = CrossAttention(dim, heads, eps)
-        self.ffn = FeedForward(dim, config.ffn_dim)
+        self.cross_attn = CrossAttention(dim, heads, eps, batch_invariant)
+        self.ffn = FeedForward(dim, config.ffn_dim, batch_invariant)
 
     def forward(
         self,
@@ -87,42 +91,48 @@ class HeliosBlock(nn.Module):
 
 
 class HeliosTransformer(nn.Module):
-    def __init__(self, config: HeliosTransformerConfig):
+    def __init__(self, config: HeliosTransformerConfig, batch_invariant: bool = False):
+        """``batch_invariant``: a sample's output is bitwise independent of its batch mates
+        (per-sample GEMMs; see layers/linear.py). Loaders turn it on for CPU devices."""
         super().__init__()
         self.config = config
-        dim, patch = config.inner_dim, config.patch_size
-        self.patch_embedding = nn.Conv3d(config.in_channels, dim, kernel_size=patch, stride=patch)
+        dim, patch, invariant = config.inner_dim, config.patch_size, batch_invariant
+        self.patch_embedding = PatchEmbed(config.in_channels, dim, patch, invariant)
         self.history_patch = nn.ModuleDict(
-            {
-                term: nn.Conv3d(config.in_channels, dim, kernel_size=kernel, stride=kernel)
-                for term, kernel in self.history_kernels().items()
-            }
+            {term: PatchEmbed(config.in_channels, dim, k, invariant) for term, k in self.history_kernels().items()}
         )
-        self.time_embedding = TimeEmbedding(config.freq_dim, dim)
-        self.text_embedding = TextProjection(config.text_dim, dim)
-        self.blocks = nn.ModuleList([HeliosBlock(config) for _ in range(config.num_layers)])
+        self.time_embedding = TimeEmbedding(config.freq_dim, dim, invariant)
+        self.text_embedding = TextProjection(config.text_dim, dim, invariant)
+        self.blocks = nn.ModuleList([HeliosBlock(config, invariant) for _ in range(config.num_layers)])
         self.output_scale_shift_table = nn.Parameter(torch.empty(1, 2, dim))
-        self.proj_out = nn.Linear(dim, config.out_channels * math.prod(patch))
+        self.proj_out = Linear(dim, config.out_channels * math.prod(patch), invariant)
 
     # Loading (see model_executor/loader.py) consults these.
     fp32_parameter_patterns = ("time_embedding.linear_", "scale_shift_table", "norm2.", "history_key_scale")
 
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype = torch.bfloat16, device="cpu") -> HeliosTransformer:
-        """Load a diffusers-format transformer folder (config.json + safetensors)."""
+    def from_pretrained(
+        cls, path, dtype: torch.dtype = torch.bfloat16, device="cpu", batch_invariant: bool | None = None
+    ) -> HeliosTransformer:
+        """Load a diffusers-format transformer folder (config.json + safetensors).
+
+        ``batch_invariant`` defaults to True on CPU and False elsewhere.
+        """
         from ..loader import load_transformer
 
-        return load_transformer(path, dtype=dtype, device=device)
+        return load_transformer(path, dtype=dtype, device=device, batch_invariant=batch_invariant)
 
     @classmethod
-    def from_preset(cls, name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu"):
+    def from_preset(
+        cls, name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu", batch_invariant=None
+    ) -> HeliosTransformer:
         """A preset ("helios-tiny", "helios-14b") with deterministic random weights."""
         from ..config import get_preset
-        from ..loader import random_init
+        from ..loader import default_batch_invariance, random_init
 
         # Built on the meta device first: no time is spent on a default init that is overwritten.
         with torch.device("meta"):
-            model = cls(get_preset(name))
+            model = cls(get_preset(name), default_batch_invariance(device, batch_invariant))
         if str(device) != "meta":
             random_init(model, seed, dtype, device)
         return model.eval()
@@ -195,12 +205,11 @@ class HeliosTransformer(nn.Module):
         return timestep
 
     def _embed_noisy(self, latents: torch.Tensor, frame_indices: torch.Tensor | None) -> TokenTerm:
-        patches = self.patch_embedding(latents)
-        _, _, frames, height, width = patches.shape
+        tokens, (frames, height, width) = self.patch_embedding(latents)
         if frame_indices is None:
             frame_indices = torch.arange(frames, device=latents.device)[None]
         rotary = rotary_table(frame_indices, height, width, self.config.rope_dim, self.config.rope_theta)
-        return TokenTerm(patches.flatten(2).transpose(1, 2), rotary)
+        return TokenTerm(tokens, rotary)
 
     def _embed_history(self, latents: dict, indices: dict, dtype: torch.dtype) -> list[TokenTerm]:
         """Tokens of the present history terms, in sequence order long, mid, short."""
@@ -217,7 +226,7 @@ class HeliosTransformer(nn.Module):
             kernel = self.history_kernels()[term]
             pool = None if term == "short" else tuple(k // p for k, p in zip(kernel, self.config.patch_size))
             x = x if term == "short" else pad_replicate(x, kernel)
-            tokens = self.history_patch[term](x).flatten(2).transpose(1, 2)
+            tokens, _ = self.history_patch[term](x)
             rotary = rotary_table(indices[term], grid_h, grid_w, self.config.rope_dim, self.config.rope_theta, pool)
             terms.append(TokenTerm(tokens, rotary))
         return terms
