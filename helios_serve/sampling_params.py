@@ -81,6 +81,10 @@ class VideoSamplingParams:
         guidance = self.guidance_scale if self.guidance_scale is not None else variant.default_guidance_scale
         if guidance < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance}")
+        if (self.image is not None or self.video is not None) and not has_vae:
+            raise ValueError("image and video inputs need a model with a VAE to encode them; this model has none")
+        if self.image is not None and self.video is not None:
+            raise ValueError("give an image or a video to condition on, not both")
         decoder = self.decoder or ("vae" if has_vae else "preview")
         if decoder not in ("vae", "preview") or (decoder == "vae" and not has_vae):
             raise ValueError(f"decoder must be 'preview'{' or vae' if has_vae else ''} for this model, got {decoder!r}")

@@ -9,6 +9,7 @@ nothing: which requests run together is the caller's business.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .conditioning import initial_history
 from .models.helios_transformer import HeliosTransformer
 from .models.vae import PreviewDecoder, WanVAE, to_uint8_frames
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
-from .step_io import RequestSpec
+from .step_io import DecodedChunk, RequestSpec, StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +96,18 @@ class ModelRunner:
     def next_stage(self, request_id: str) -> None:
         self.procedure.next_stage(self.requests[request_id])
 
-    @torch.inference_mode()
     def denoise_step(self, request_ids: list[str]) -> None:
         """One denoising step of each request, all rows (CFG included) in one transformer forward.
 
         The requests' next forwards must share their token geometry (noisy-chunk resolution).
         """
         states = [self.requests[r] for r in request_ids]
+        for state, velocities in zip(states, self._forward(states)):
+            self.procedure.apply_model_output(state, velocities)
+
+    @torch.inference_mode()
+    def _forward(self, states: list[RequestState]) -> list[list[torch.Tensor]]:
+        """The batched transformer call; touches no request state. Returns each request's rows."""
         rows = [(state, text) for state in states for text in self.procedure.model_rows(state)]
         velocity = self.transformer(
             hidden_states=torch.cat([s.latents.to(self.dtype) for s, _ in rows]),
@@ -109,11 +115,12 @@ class ModelRunner:
             encoder_hidden_states=torch.cat([text for _, text in rows]),
             **self._history_inputs([s for s, _ in rows]),
         )
-        offset = 0
+        per_request, offset = [], 0
         for state in states:
             count = len(self.procedure.model_rows(state))
-            self.procedure.apply_model_output(state, list(velocity[offset : offset + count].split(1)))
+            per_request.append(list(velocity[offset : offset + count].split(1)))
             offset += count
+        return per_request
 
     def _history_inputs(self, states: list[RequestState]) -> dict[str, torch.Tensor]:
         inputs = {"indices_hidden_states": NOISY_INDICES.to(self.device)}
@@ -123,10 +130,72 @@ class ModelRunner:
         return inputs
 
     def finish_chunk(self, request_id: str) -> torch.Tensor:
-        """Close the chunk and decode it: uint8 frames [T, H, W, 3], the last chunk trimmed to 4n+1."""
+        """Close the chunk and decode it: uint8 frames [T, H, W, 3], the last chunk trimmed to 4n+1.
+
+        The request's state is dropped after its last chunk.
+        """
         state = self.requests[request_id]
         chunk_index = state.chunk_index
         latents = self.procedure.finish_chunk(state)
         decoder = self.vae if (state.spec.decoder == "vae" and self.vae is not None) else self.preview
         frames = to_uint8_frames(decoder.decode(latents))
+        if state.is_finished:
+            self.remove_request(request_id)
         return frames[: state.spec.frames_in_chunk(chunk_index)]
+
+    # -- one engine step -------------------------------------------------------------------
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Run a step's units. A failing unit fails only its own request (its state is dropped)."""
+        started = time.perf_counter()
+        result = StepResult()
+        for request_id in plan.free:
+            self.remove_request(request_id)
+        for request_id, spec in plan.encode:
+            self._guarded(result, request_id, self.add_request, request_id, spec)
+        for request_id in plan.begin_chunk:
+            self._guarded(result, request_id, self.begin_chunk, request_id)
+        for request_id in plan.next_stage:
+            self._guarded(result, request_id, self.next_stage, request_id)
+        if plan.denoise:
+            live = [self.requests[r] for r in plan.denoise if r in self.requests]
+            result.num_rows = sum(len(self.procedure.model_rows(state)) for state in live)
+            self._denoise_isolating_failures(plan.denoise, result)
+        for request_id in plan.decode:
+            chunk_index = self.requests[request_id].chunk_index if request_id in self.requests else -1
+            frames = self._guarded(result, request_id, self.finish_chunk, request_id)
+            if frames is not None:
+                result.chunks.append(DecodedChunk(request_id, chunk_index, frames.numpy()))
+        result.model_seconds = time.perf_counter() - started
+        return result
+
+    def _guarded(self, result: StepResult, request_id: str, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure of one request is reported, not raised
+            self._fail(result, request_id, exc)
+            return None
+
+    def _fail(self, result: StepResult, request_id: str, exc: Exception) -> None:
+        logger.warning("request %s failed: %s", request_id, exc, exc_info=not isinstance(exc, ValueError))
+        result.failed[request_id] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+        self.remove_request(request_id)
+
+    def _denoise_isolating_failures(self, request_ids: list[str], result: StepResult) -> None:
+        states = {r: self.requests[r] for r in request_ids if r in self.requests}
+        try:
+            velocities = self._forward(list(states.values()))
+        except Exception as exc:  # noqa: BLE001 - find the request that broke the batch, keep the others
+            if len(states) == 1:
+                self._fail(result, next(iter(states)), exc)
+                return
+            # Batch invariance makes the one-by-one retry give exactly the batched result.
+            for request_id in states:
+                self._denoise_isolating_failures([request_id], result)
+            return
+        for (request_id, state), rows in zip(states.items(), velocities):
+            self._guarded(result, request_id, self._apply_checked, state, rows)
+
+    def _apply_checked(self, state: RequestState, velocities: list[torch.Tensor]) -> None:
+        self.procedure.apply_model_output(state, velocities)
+        if not torch.isfinite(state.latents).all():
+            raise ValueError("the sampler produced non-finite latents")

@@ -7,7 +7,7 @@ and validated by the serving layer, so the executor only does arithmetic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 FRAMES_PER_CHUNK = 33
@@ -66,3 +66,54 @@ class RequestSpec:
     @property
     def output_frames(self) -> int:
         return sum(self.frames_in_chunk(k) for k in range(self.num_chunks))
+
+
+# -- the scheduler <-> runner contract ---------------------------------------------------------
+# The scheduler decides, the runner executes. Between them pass only ids, step indices and
+# the new requests' specs (sent once); the runner keeps every tensor, keyed by request id.
+
+
+@dataclass
+class StepPlan:
+    """The units of work of one engine step. Each request appears at most once."""
+
+    encode: list[tuple[str, RequestSpec]] = field(default_factory=list)
+    """New requests: encode the prompts, fill the history (the spec is sent only here)."""
+    begin_chunk: list[str] = field(default_factory=list)
+    """Requests starting their next chunk: fresh noise, history split, first stage schedule."""
+    next_stage: list[str] = field(default_factory=list)
+    """Requests entering their next pyramid stage: upsample and block-noise re-noise."""
+    denoise: list[str] = field(default_factory=list)
+    """One denoising step for each, all rows (with CFG, two per request) in ONE forward."""
+    decode: list[str] = field(default_factory=list)
+    """Requests whose chunk is denoised: record it in the history, decode it, hand it out."""
+    free: list[str] = field(default_factory=list)
+    """Cancelled or timed-out requests: drop their device state."""
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.encode or self.begin_chunk or self.next_stage or self.denoise or self.decode or self.free)
+
+    def request_ids(self) -> list[str]:
+        return [rid for rid, _ in self.encode] + self.begin_chunk + self.next_stage + self.denoise + self.decode
+
+
+@dataclass
+class DecodedChunk:
+    request_id: str
+    chunk_index: int
+    frames: Any
+    """uint8 numpy array [T, H, W, 3]."""
+
+
+@dataclass
+class StepResult:
+    """What the runner reports back. Requests not named in ``failed`` completed their unit."""
+
+    chunks: list[DecodedChunk] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    """request id -> error message; the runner has already dropped their state."""
+    model_seconds: float = 0.0
+    """Wall time spent inside model work (forwards, encoders, decoders, samplers)."""
+    num_rows: int = 0
+    """Rows in this step's transformer forward (requests, doubled with CFG)."""

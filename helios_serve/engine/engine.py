@@ -1,42 +1,65 @@
-"""HeliosEngine: the offline Python API.
+"""HeliosEngine: the synchronous Python API over the continuous-batching engine.
 
     from helios_serve import HeliosEngine, VideoSamplingParams
     engine = HeliosEngine(model="helios-tiny")
-    (video,) = engine.generate(["a fox in the snow"], VideoSamplingParams(num_frames=66, seed=1))
-    video.frames  # uint8 [T, H, W, 3]
+    videos = engine.generate(["a fox in the snow", "a lantern"], VideoSamplingParams(num_frames=66))
+    videos[0].frames  # uint8 [T, H, W, 3]
 
-Requests run one after another, each through the ModelRunner's units of work (begin chunk,
-denoising steps, stage transitions, finish chunk); the step scheduler interleaves the same
-units across many requests.
+All requests given to one ``generate`` call run concurrently: each engine step batches the
+denoising steps of every request whose next forward has the same geometry.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..model_executor.model_runner import ModelRunner, RunnerConfig
+from ..config import EngineConfig
+from ..errors import RequestCancelledError, RequestFailedError
+from ..model_executor.model_runner import RunnerConfig
 from ..outputs import VideoChunkOutput, VideoOutput
+from ..request import Request, RequestStatus
 from ..sampling_params import VideoSamplingParams
+from .engine_core import EngineCore
 
 ProgressCallback = Callable[[str, int, int], None]
-"""(request_id, units_done, units_total): a unit is a denoising step or a chunk decode."""
+"""(request_id, units_done, units_total): units are encodes, steps, transitions and decodes."""
+
+
+def raise_for_status(request: Request) -> None:
+    if request.status is RequestStatus.FINISHED_FAILED:
+        raise RequestFailedError(f"request {request.request_id} failed: {request.error}")
+    if request.status in (RequestStatus.FINISHED_CANCELLED, RequestStatus.FINISHED_TIMEOUT):
+        reason = request.error or "cancelled"
+        raise RequestCancelledError(f"request {request.request_id} did not finish: {reason}")
 
 
 class HeliosEngine:
-    def __init__(self, model: str = "helios-tiny", device: str | None = None, dtype: str | None = None, **kwargs):
-        self.runner = ModelRunner(RunnerConfig(model=model, device=device, dtype=dtype, **kwargs))
+    def __init__(
+        self,
+        model: str = "helios-tiny",
+        device: str | None = None,
+        dtype: str | None = None,
+        engine_config: EngineConfig | None = None,
+        **engine_options,
+    ):
+        """``engine_options`` are EngineConfig fields (max_rows_per_forward=4, policy="deadline", ...)."""
+        engine_config = engine_config or EngineConfig(**engine_options)
+        self.core = EngineCore(RunnerConfig(model=model, device=device, dtype=dtype), engine_config)
         self.model = model
 
     @property
     def variant(self):
-        return self.runner.variant
+        return self.core.executor.variant
+
+    @property
+    def stats(self):
+        return self.core.stats
 
     def resolve(self, prompt: str, params: VideoSamplingParams):
-        return params.resolve(prompt, self.runner.variant, has_vae=self.runner.vae is not None)
+        return params.resolve(prompt, self.variant, has_vae=self.core.executor.has_vae)
 
     def generate(
         self,
@@ -45,57 +68,69 @@ class HeliosEngine:
         on_chunk: Callable[[VideoChunkOutput], None] | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> list[VideoOutput]:
-        """One video per prompt. ``on_chunk`` receives each chunk as soon as it is decoded."""
+        """One video per prompt, generated concurrently. ``on_chunk`` gets each chunk when decoded."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         params = params or VideoSamplingParams()
         param_list = [params] * len(prompts) if isinstance(params, VideoSamplingParams) else list(params)
         if len(param_list) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(param_list)} sampling params")
         specs = [self.resolve(p, sp) for p, sp in zip(prompts, param_list)]  # validate all before running any
+        requests = [self.core.add_request(uuid.uuid4().hex, spec) for spec in specs]
+        frames: dict[str, list[np.ndarray]] = {r.request_id: [] for r in requests}
+
+        def collect(chunk: VideoChunkOutput) -> None:
+            frames[chunk.request_id].append(chunk.frames)
+            if on_chunk:
+                on_chunk(chunk)
+
+        finished = {r.request_id: r for r in self._run(requests, collect, on_progress)}
         outputs = []
-        for prompt, spec, sp in zip(prompts, specs, param_list):
-            started, chunks = time.perf_counter(), []
-            for chunk in self._stream(spec, on_progress):
-                chunks.append(chunk.frames)
-                if on_chunk:
-                    on_chunk(chunk)
+        for request, prompt, sp in zip(requests, prompts, param_list):
+            raise_for_status(finished[request.request_id])
+            elapsed = finished[request.request_id].finished_time - request.arrival_time
             fps = sp.fps or self.variant.default_fps
-            elapsed = time.perf_counter() - started
-            outputs.append(VideoOutput(chunk.request_id, prompt, np.concatenate(chunks), fps, spec.num_chunks, elapsed))
+            video = np.concatenate(frames[request.request_id])
+            outputs.append(VideoOutput(request.request_id, prompt, video, fps, request.spec.num_chunks, elapsed))
         return outputs
 
     def stream(
         self, prompt: str, params: VideoSamplingParams | None = None, on_progress: ProgressCallback | None = None
     ) -> Iterator[VideoChunkOutput]:
         """The chunks of one video, each yielded as soon as it is decoded; nothing is kept."""
-        return self._stream(self.resolve(prompt, params or VideoSamplingParams()), on_progress)
-
-    def _stream(self, spec, on_progress) -> Iterator[VideoChunkOutput]:
-        request_id = uuid.uuid4().hex
-        runner = self.runner
-        total_units = sum(sum(spec.steps_in_chunk(k)) + 1 for k in range(spec.num_chunks))
-        done = 0
-
-        def advance():
-            nonlocal done
-            done += 1
-            if on_progress:
-                on_progress(request_id, done, total_units)
-
-        runner.add_request(request_id, spec)
+        request = self.core.add_request(uuid.uuid4().hex, self.resolve(prompt, params or VideoSamplingParams()))
         try:
-            state = runner.requests[request_id]
-            for chunk_index in range(spec.num_chunks):
-                runner.begin_chunk(request_id)
-                while True:
-                    while not state.stage_done:
-                        runner.denoise_step([request_id])
-                        advance()
-                    if state.is_last_stage:
-                        break
-                    runner.next_stage(request_id)
-                frames = runner.finish_chunk(request_id).numpy()
-                advance()
-                yield VideoChunkOutput(request_id, chunk_index, spec.num_chunks, frames)
+            while not request.status.is_finished:
+                output = self.core.step()
+                for chunk in output.chunks:
+                    if chunk.request_id == request.request_id:
+                        yield self._chunk_output(request, chunk)
+                if on_progress:
+                    on_progress(request.request_id, request.units_done, request.total_units)
+            raise_for_status(request)
         finally:
-            runner.remove_request(request_id)
+            if not request.status.is_finished:  # the consumer stopped early
+                self.core.abort_request(request.request_id)
+
+    def _run(self, requests: list[Request], on_chunk, on_progress) -> list[Request]:
+        """Step the engine until these requests are finished; returns them as they finish."""
+        pending = {r.request_id for r in requests}
+        by_id = {r.request_id: r for r in requests}
+        finished = []
+        while pending:
+            output = self.core.step()
+            for chunk in output.chunks:
+                if chunk.request_id in by_id:
+                    on_chunk(self._chunk_output(by_id[chunk.request_id], chunk))
+            if on_progress:
+                for request_id in pending:
+                    request = by_id[request_id]
+                    on_progress(request_id, request.units_done, request.total_units)
+            for request in output.finished:
+                if request.request_id in pending:
+                    pending.discard(request.request_id)
+                    finished.append(request)
+        return finished
+
+    @staticmethod
+    def _chunk_output(request: Request, chunk) -> VideoChunkOutput:
+        return VideoChunkOutput(request.request_id, chunk.chunk_index, request.spec.num_chunks, chunk.frames)

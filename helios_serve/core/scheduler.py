@@ -1,0 +1,175 @@
+"""The step scheduler: each engine step, which requests' next units of work run together.
+
+Units of a request: encode, then per chunk: begin, one denoising step per (stage, step)
+with a stage transition between stages, and a decode. A step runs ONE transformer forward,
+made of every ready request whose next forward has the same token geometry (whatever its
+timestep, settings or position in its video), within the row and token budgets, plus the
+light units (begins, transitions, a few encodes and decodes). New requests join and finished
+ones leave at every step. Imports no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..config import EngineConfig
+from ..errors import QueueFullError, RequestTooLargeError
+from ..model_executor.step_io import StepPlan, StepResult
+from ..request import Phase, Request, RequestStatus
+from .policy import POLICIES
+
+
+@dataclass
+class SchedulerUpdate:
+    finished: list[Request] = field(default_factory=list)
+    """Requests that reached a final status since the last update (completed, failed, cancelled, timed out)."""
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, patch_size: tuple[int, int, int]):
+        if config.max_rows_per_forward is None:
+            raise ValueError("the scheduler needs a resolved EngineConfig (see EngineConfig.resolved)")
+        self.config = config
+        self.patch_size = tuple(patch_size)
+        self.policy = POLICIES[config.policy](config)
+        self.waiting: list[Request] = []
+        self.running: dict[str, Request] = {}
+        self.step_count = 0
+        self._to_free: list[str] = []
+        self._finished: list[Request] = []
+
+    # -- requests in and out ---------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        if len(self.waiting) >= self.config.max_waiting_requests:
+            raise QueueFullError(f"the queue is full ({len(self.waiting)} requests waiting); retry later")
+        tokens = max(self._tokens(request, stage) for stage in range(request.num_stages))
+        if tokens > self.config.max_tokens_per_forward or request.rows_per_forward > self.config.max_rows_per_forward:
+            raise RequestTooLargeError(
+                f"one step of this request needs {tokens:,} tokens in {request.rows_per_forward} rows; the engine "
+                f"allows {self.config.max_tokens_per_forward:,} tokens and {self.config.max_rows_per_forward} rows"
+            )
+        if request.timeout_s is None:
+            request.timeout_s = self.config.request_timeout_s
+        self.waiting.append(request)
+
+    def abort_request(self, request_id: str, status: RequestStatus = RequestStatus.FINISHED_CANCELLED) -> Request | None:
+        """Remove a request now; its device state is freed by the next step. None if unknown or done."""
+        for request in self.waiting:
+            if request.request_id == request_id:
+                self.waiting.remove(request)
+                request.status = status
+                return request
+        request = self.running.pop(request_id, None)
+        if request is not None:
+            request.status = status
+            self._to_free.append(request_id)
+        return request
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def get(self, request_id: str) -> Request | None:
+        return self.running.get(request_id) or next((r for r in self.waiting if r.request_id == request_id), None)
+
+    def _tokens(self, request: Request, stage: int | None = None) -> int:
+        return request.rows_per_forward * request.geometry(stage).tokens_per_row(self.patch_size)
+
+    # -- one step --------------------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan:
+        self.step_count += 1
+        plan = StepPlan(free=self._to_free)
+        self._to_free = []
+        self._expire(now)
+        self._admit(now)
+        ready = sorted(self.running.values(), key=lambda r: self.policy.service_key(r, now))
+        by_phase = {phase: [r for r in ready if r.phase is phase] for phase in Phase}
+        encodes = by_phase[Phase.ENCODE][: self.config.max_encodes_per_step]
+        decodes = by_phase[Phase.DECODE][: self.config.max_decodes_per_step]
+        denoise = self._denoise_batch(by_phase[Phase.DENOISE])
+        plan.encode = [(r.request_id, r.spec) for r in encodes]
+        plan.begin_chunk = [r.request_id for r in by_phase[Phase.BEGIN_CHUNK]]
+        plan.next_stage = [r.request_id for r in by_phase[Phase.NEXT_STAGE]]
+        plan.denoise = [r.request_id for r in denoise]
+        plan.decode = [r.request_id for r in decodes]
+        for request_id in plan.request_ids():
+            self.running[request_id].last_served_step = self.step_count
+            self.running[request_id].last_served_time = now
+        return plan
+
+    def _expire(self, now: float) -> None:
+        expired = [r for r in [*self.waiting, *self.running.values()] if r.deadline_exceeded(now)]
+        for request in expired:
+            self.abort_request(request.request_id, RequestStatus.FINISHED_TIMEOUT)
+            request.error = f"timed out after {request.timeout_s:g} s"
+            self._finish(request, now)
+
+    def _admit(self, now: float) -> None:
+        self.waiting.sort(key=lambda r: self.policy.admission_key(r, now))
+        while self.waiting and len(self.running) < self.config.max_running_requests:
+            request = self.waiting.pop(0)
+            request.status, request.admitted_time = RequestStatus.RUNNING, now
+            self.running[request.request_id] = request
+
+    def _denoise_batch(self, candidates: list[Request]) -> list[Request]:
+        """The first candidate's geometry group, in service order, within the budgets."""
+        if not candidates:
+            return []
+        geometry = candidates[0].geometry()
+        batch, rows, tokens = [], 0, 0
+        for request in candidates:
+            if request.geometry() != geometry:
+                continue
+            need_rows, need_tokens = request.rows_per_forward, self._tokens(request)
+            if rows + need_rows > self.config.max_rows_per_forward:
+                continue
+            if tokens + need_tokens > self.config.max_tokens_per_forward:
+                continue
+            batch.append(request)
+            rows, tokens = rows + need_rows, tokens + need_tokens
+        return batch
+
+    # -- after the step --------------------------------------------------------------------
+    def update_from_output(self, plan: StepPlan, result: StepResult, now: float) -> SchedulerUpdate:
+        for request_id in plan.request_ids():
+            request = self.running.get(request_id)
+            if request is None:  # cancelled while its unit ran; its state is freed next step
+                continue
+            if request_id in result.failed:
+                del self.running[request_id]
+                request.status, request.error = RequestStatus.FINISHED_FAILED, result.failed[request_id]
+                self._finish(request, now)
+                continue
+            request.units_done += 1
+            self._advance(request, now)
+        update = SchedulerUpdate(finished=self._finished)
+        self._finished = []
+        return update
+
+    def _advance(self, request: Request, now: float) -> None:
+        phase = request.phase
+        if phase is Phase.ENCODE:
+            request.phase = Phase.BEGIN_CHUNK
+        elif phase is Phase.BEGIN_CHUNK:
+            request.phase, request.stage_index, request.step_index = Phase.DENOISE, 0, 0
+        elif phase is Phase.NEXT_STAGE:
+            request.phase, request.stage_index, request.step_index = Phase.DENOISE, request.stage_index + 1, 0
+        elif phase is Phase.DENOISE:
+            request.step_index += 1
+            if request.step_index == request.steps_in_stage:
+                last_stage = request.stage_index == request.num_stages - 1
+                request.phase = Phase.DECODE if last_stage else Phase.NEXT_STAGE
+        elif phase is Phase.DECODE:
+            request.chunk_index += 1
+            if request.first_chunk_time is None:
+                request.first_chunk_time = now
+            if request.chunk_index == request.spec.num_chunks:
+                del self.running[request.request_id]
+                request.status = RequestStatus.FINISHED_COMPLETED
+                self._finish(request, now)
+            else:
+                request.phase, request.stage_index = Phase.BEGIN_CHUNK, 0
+
+    def _finish(self, request: Request, now: float) -> None:
+        request.finished_time = now
+        self._finished.append(request)

@@ -1,0 +1,84 @@
+"""EngineCore: one engine step is schedule, then execute, then update."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..config import EngineConfig
+from ..core.scheduler import Scheduler
+from ..executor import UniprocExecutor
+from ..model_executor.model_runner import RunnerConfig
+from ..model_executor.step_io import DecodedChunk, RequestSpec, StepResult
+from ..request import Request, RequestStatus
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters; the benchmark and /metrics read them."""
+
+    steps: int = 0
+    step_seconds: float = 0.0
+    model_seconds: float = 0.0
+    forwards: int = 0
+    rows: int = 0
+    batch_size_counts: dict[int, int] = field(default_factory=dict)
+    """Rows per forward -> number of forwards (a histogram, bounded in size)."""
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Engine time outside the model: scheduling, bookkeeping, dispatch."""
+        return self.step_seconds - self.model_seconds
+
+
+@dataclass
+class StepOutput:
+    chunks: list[DecodedChunk]
+    finished: list[Request]
+
+
+class EngineCore:
+    def __init__(self, runner_config: RunnerConfig, engine_config: EngineConfig | None = None, clock=time.monotonic):
+        self.executor = UniprocExecutor(runner_config)
+        self.config = (engine_config or EngineConfig()).resolved(self.executor.num_parameters)
+        self.scheduler = Scheduler(self.config, self.executor.patch_size)
+        self.clock = clock
+        self.stats = EngineStats()
+
+    def add_request(
+        self,
+        request_id: str,
+        spec: RequestSpec,
+        priority: int = 0,
+        realtime_fps: float | None = None,
+        timeout_s: float | None = None,
+    ) -> Request:
+        if self.scheduler.get(request_id) is not None:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        request = Request(request_id, spec, self.clock(), priority, realtime_fps, timeout_s)
+        self.scheduler.add_request(request)
+        return request
+
+    def abort_request(self, request_id: str) -> Request | None:
+        return self.scheduler.abort_request(request_id, RequestStatus.FINISHED_CANCELLED)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    def step(self) -> StepOutput:
+        started = time.perf_counter()
+        plan = self.scheduler.schedule(self.clock())
+        result = self.executor.execute(plan) if not plan.is_empty else StepResult()
+        update = self.scheduler.update_from_output(plan, result, self.clock())
+        self._record(time.perf_counter() - started, result)
+        return StepOutput(result.chunks, update.finished)
+
+    def _record(self, seconds: float, result: StepResult) -> None:
+        stats = self.stats
+        stats.steps += 1
+        stats.step_seconds += seconds
+        stats.model_seconds += result.model_seconds
+        if result.num_rows:
+            stats.forwards += 1
+            stats.rows += result.num_rows
+            stats.batch_size_counts[result.num_rows] = stats.batch_size_counts.get(result.num_rows, 0) + 1

@@ -1,0 +1,25 @@
+"""Errors the engine raises to its callers; each message is meant for the end user."""
+
+
+class EngineError(Exception):
+    """Base class of the engine's errors."""
+
+
+class QueueFullError(EngineError):
+    """Admission control refused the request: too much work is already waiting."""
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLargeError(EngineError, ValueError):
+    """A single step of the request would not fit the engine's per-forward budget."""
+
+
+class RequestFailedError(EngineError):
+    """The request failed while running (bad input, decode error, non-finite latents, ...)."""
+
+
+class RequestCancelledError(EngineError):
+    """The request was cancelled or timed out before it finished."""

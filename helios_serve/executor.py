@@ -1,0 +1,33 @@
+"""Executors run a StepPlan on the model. The only place in helios_serve that builds a ModelRunner."""
+
+from __future__ import annotations
+
+from .model_executor.step_io import StepPlan, StepResult
+
+
+class UniprocExecutor:
+    """The ModelRunner in this process (one device)."""
+
+    def __init__(self, runner_config):
+        from .model_executor.model_runner import ModelRunner
+
+        self.runner = ModelRunner(runner_config)
+
+    @property
+    def variant(self):
+        return self.runner.variant
+
+    @property
+    def has_vae(self) -> bool:
+        return self.runner.vae is not None
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return self.runner.transformer.config.patch_size
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.runner.transformer.parameters())
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        return self.runner.execute(plan)

@@ -1,0 +1,120 @@
+"""The scheduler's view of a request: progress counters and timing, no tensors."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .model_executor.step_io import FRAMES_PER_CHUNK, HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec
+
+
+class RequestStatus(enum.IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    # Everything from here on is final.
+    FINISHED_COMPLETED = 2
+    FINISHED_CANCELLED = 3
+    FINISHED_FAILED = 4
+    FINISHED_TIMEOUT = 5
+
+    @property
+    def is_finished(self) -> bool:
+        return self >= RequestStatus.FINISHED_COMPLETED
+
+
+class Phase(enum.Enum):
+    """The request's next unit of work."""
+
+    ENCODE = "encode"
+    BEGIN_CHUNK = "begin_chunk"
+    DENOISE = "denoise"
+    NEXT_STAGE = "next_stage"
+    DECODE = "decode"
+
+
+@dataclass(frozen=True)
+class StepGeometry:
+    """Token geometry of a forward: rows with equal geometry can share one transformer call."""
+
+    noisy_height: int
+    noisy_width: int
+    history_height: int
+    history_width: int
+
+    def tokens_per_row(self, patch: tuple[int, int, int]) -> int:
+        pt, ph, pw = patch
+        noisy = (LATENT_FRAMES_PER_CHUNK // pt) * (self.noisy_height // ph) * (self.noisy_width // pw)
+        history = 0
+        long, mid, short = HISTORY_SIZES[0], HISTORY_SIZES[1], HISTORY_SIZES[2] + 1  # short holds the anchor
+        for frames, scale in ((long, 4), (mid, 2), (short, 1)):
+            kt, kh, kw = scale * pt, scale * ph, scale * pw
+            history += -(-frames // kt) * -(-self.history_height // kh) * -(-self.history_width // kw)
+        return noisy + history
+
+
+@dataclass
+class Request:
+    request_id: str
+    spec: RequestSpec
+    arrival_time: float
+    priority: int = 0
+    """Lower is more urgent (the 'priority' policy)."""
+    realtime_fps: float | None = None
+    """Playback rate of a real-time stream: chunk k is due k * 33 / fps seconds after arrival."""
+    timeout_s: float | None = None
+    status: RequestStatus = RequestStatus.WAITING
+    phase: Phase = Phase.ENCODE
+    chunk_index: int = 0
+    stage_index: int = 0
+    step_index: int = 0
+    units_done: int = 0
+    last_served_step: int = -1
+    last_served_time: float = field(default=0.0)
+    admitted_time: float | None = None
+    first_chunk_time: float | None = None
+    finished_time: float | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.last_served_time = self.arrival_time
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.spec.stage_steps)
+
+    @property
+    def steps_in_stage(self) -> int:
+        return self.spec.steps_in_chunk(self.chunk_index)[self.stage_index]
+
+    @property
+    def rows_per_forward(self) -> int:
+        return 2 if self.spec.use_cfg else 1
+
+    @property
+    def total_units(self) -> int:
+        """encode + per chunk: begin, every step, every stage transition, decode."""
+        per_chunk = [sum(self.spec.steps_in_chunk(k)) + self.num_stages + 1 for k in range(self.spec.num_chunks)]
+        return 1 + sum(per_chunk)
+
+    @property
+    def progress(self) -> float:
+        return self.units_done / self.total_units
+
+    def geometry(self, stage: int | None = None) -> StepGeometry:
+        """Geometry of a forward at ``stage`` (default: the current one).
+
+        The pyramid halves the noisy chunk per coarser stage; the history stays full size.
+        """
+        height, width = self.spec.height // 8, self.spec.width // 8
+        stage = self.stage_index if stage is None else stage
+        shrink = 2 ** (self.num_stages - 1 - stage)
+        return StepGeometry(height // shrink, width // shrink, height, width)
+
+    def chunk_deadline(self, chunk_index: int | None = None) -> float | None:
+        if self.realtime_fps is None:
+            return None
+        k = self.chunk_index if chunk_index is None else chunk_index
+        return self.arrival_time + k * FRAMES_PER_CHUNK / self.realtime_fps
+
+    def deadline_exceeded(self, now: float) -> bool:
+        return self.timeout_s is not None and now - self.arrival_time > self.timeout_s
