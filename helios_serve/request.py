@@ -60,7 +60,8 @@ class Request:
     priority: int = 0
     """Lower is more urgent (the 'priority' policy)."""
     realtime_fps: float | None = None
-    """Playback rate of a real-time stream: chunk k is due k * 33 / fps seconds after arrival."""
+    """Playback rate of a real-time stream: chunk k is due k * 33 / fps seconds after playback
+    starts, which is when chunk 0 is delivered (chunk 0 itself is due at once)."""
     timeout_s: float | None = None
     status: RequestStatus = RequestStatus.WAITING
     phase: Phase = Phase.ENCODE
@@ -111,10 +112,12 @@ class Request:
         return StepGeometry(height // shrink, width // shrink, height, width)
 
     def chunk_deadline(self, chunk_index: int | None = None) -> float | None:
+        """When chunk ``chunk_index`` (default: the one in the making) must be delivered."""
         if self.realtime_fps is None:
             return None
         k = self.chunk_index if chunk_index is None else chunk_index
-        return self.arrival_time + k * FRAMES_PER_CHUNK / self.realtime_fps
+        start = self.first_chunk_time if self.first_chunk_time is not None else self.arrival_time
+        return start + k * FRAMES_PER_CHUNK / self.realtime_fps
 
     def deadline_exceeded(self, now: float) -> bool:
         return self.timeout_s is not None and now - self.arrival_time > self.timeout_s

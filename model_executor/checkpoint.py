@@ -15,6 +15,8 @@ from pathlib import Path
 from .sampling.schedules import SchedulerConfig
 
 TINY_MODEL = "helios-tiny"
+# Built-in tiny models: the same tiny weights, sampled like Distilled, Mid or Base.
+TINY_MODELS = (TINY_MODEL, "helios-tiny-mid", "helios-tiny-base")
 MODEL_ALIASES = {
     "helios-base": "BestWishYsh/Helios-Base",
     "helios-mid": "BestWishYsh/Helios-Mid",
@@ -94,13 +96,13 @@ def read_variant(root: Path) -> ModelVariant:
 
 
 def resolve_model(name: str, cache_dir: str | None = None) -> str | Path:
-    """TINY_MODEL, or the directory of a diffusers-format checkpoint.
+    """One of TINY_MODELS, or the directory of a diffusers-format checkpoint.
 
     ``cache_dir`` is the Hugging Face hub cache (default: HF_HUB_CACHE / HF_HOME); nothing is
     downloaded, only an existing snapshot is used.
     """
-    if name == TINY_MODEL:
-        return TINY_MODEL
+    if name in TINY_MODELS:
+        return name
     repo_id = MODEL_ALIASES.get(name, name)
     local = Path(os.path.expanduser(name))
     if local.is_dir():
@@ -118,5 +120,5 @@ def resolve_model(name: str, cache_dir: str | None = None) -> str | Path:
             return Path(snapshot_download(repo_id=repo_id, local_files_only=True, cache_dir=cache_dir))
         except (LocalEntryNotFoundError, FileNotFoundError, OSError):
             looked.append(f"{repo_id} not in the Hugging Face cache {cache_dir or constants.HF_HUB_CACHE}")
-    known = ", ".join([TINY_MODEL, *MODEL_ALIASES])
+    known = ", ".join([*TINY_MODELS, *MODEL_ALIASES])
     raise ModelNotFoundError(f"model {name!r} not found: {'; '.join(looked)} (built-in names: {known})")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TINY_MODEL, ModelVariant, read_variant, resolve_model
+from .checkpoint import TINY_MODEL, TINY_MODELS, ModelVariant, read_variant, resolve_model
 from .conditioning import initial_history
 from .models.helios_transformer import HeliosTransformer
-from .models.vae import PreviewDecoder, WanVAE, to_uint8_frames
+from .models.vae import PreviewDecoder, WanVAE
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
 from .step_io import DecodedChunk, RequestSpec, StepPlan, StepResult
 
@@ -55,11 +55,12 @@ class ModelRunner:
 
     def _load(self, config: RunnerConfig) -> tuple[ModelVariant, HeliosTransformer, object, WanVAE | None]:
         location = resolve_model(config.model)
-        if location == TINY_MODEL:
+        if location in TINY_MODELS:
             from .models.tiny import tiny_text_encoder, tiny_variant
 
             transformer = HeliosTransformer.from_preset("helios-tiny", dtype=self.dtype, device=self.device)
-            return tiny_variant(), transformer, tiny_text_encoder(self.device, self.dtype, config.text_cache_size), None
+            text_encoder = tiny_text_encoder(self.device, self.dtype, config.text_cache_size)
+            return tiny_variant(location), transformer, text_encoder, None
         from .models.text_encoder import TextEncoder
 
         root = Path(location)
@@ -138,7 +139,7 @@ class ModelRunner:
         chunk_index = state.chunk_index
         latents = self.procedure.finish_chunk(state)
         decoder = self.vae if (state.spec.decoder == "vae" and self.vae is not None) else self.preview
-        frames = to_uint8_frames(decoder.decode(latents))
+        frames = decoder.decode_frames(latents)
         if state.is_finished:
             self.remove_request(request_id)
         return frames[: state.spec.frames_in_chunk(chunk_index)]

@@ -11,7 +11,6 @@ import torch
 
 from helios_serve import HeliosEngine, VideoSamplingParams
 from helios_serve.model_executor.checkpoint import ModelNotFoundError, read_variant, resolve_model
-from helios_serve.model_executor.models.text_encoder import TextEncoder
 from helios_serve.model_executor.models.tiny import byte_level_tokenizer, tiny_text_encoder
 from helios_serve.model_executor.models.vae import PreviewDecoder
 from helios_serve.model_executor.step_io import RequestSpec

@@ -78,9 +78,9 @@ class Scheduler:
     # -- one step --------------------------------------------------------------------------
     def schedule(self, now: float) -> StepPlan:
         self.step_count += 1
+        self._expire(now)
         plan = StepPlan(free=self._to_free)
         self._to_free = []
-        self._expire(now)
         self._admit(now)
         ready = sorted(self.running.values(), key=lambda r: self.policy.service_key(r, now))
         by_phase = {phase: [r for r in ready if r.phase is phase] for phase in Phase}

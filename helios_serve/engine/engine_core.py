@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -38,12 +39,20 @@ class StepOutput:
 
 
 class EngineCore:
+    """Owns the scheduler and the executor.
+
+    ``lock`` guards scheduler state so requests can be added or cancelled from another
+    thread while a step runs; it is held around scheduling and bookkeeping only, never
+    across the model's work.
+    """
+
     def __init__(self, runner_config: RunnerConfig, engine_config: EngineConfig | None = None, clock=time.monotonic):
         self.executor = UniprocExecutor(runner_config)
         self.config = (engine_config or EngineConfig()).resolved(self.executor.num_parameters)
         self.scheduler = Scheduler(self.config, self.executor.patch_size)
         self.clock = clock
         self.stats = EngineStats()
+        self.lock = threading.Lock()
 
     def add_request(
         self,
@@ -53,24 +62,29 @@ class EngineCore:
         realtime_fps: float | None = None,
         timeout_s: float | None = None,
     ) -> Request:
-        if self.scheduler.get(request_id) is not None:
-            raise ValueError(f"request id {request_id!r} is already in use")
-        request = Request(request_id, spec, self.clock(), priority, realtime_fps, timeout_s)
-        self.scheduler.add_request(request)
+        with self.lock:
+            if self.scheduler.get(request_id) is not None:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            request = Request(request_id, spec, self.clock(), priority, realtime_fps, timeout_s)
+            self.scheduler.add_request(request)
         return request
 
     def abort_request(self, request_id: str) -> Request | None:
-        return self.scheduler.abort_request(request_id, RequestStatus.FINISHED_CANCELLED)
+        with self.lock:
+            return self.scheduler.abort_request(request_id, RequestStatus.FINISHED_CANCELLED)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        with self.lock:
+            return self.scheduler.num_unfinished > 0
 
     def step(self) -> StepOutput:
         started = time.perf_counter()
-        plan = self.scheduler.schedule(self.clock())
+        with self.lock:
+            plan = self.scheduler.schedule(self.clock())
         result = self.executor.execute(plan) if not plan.is_empty else StepResult()
-        update = self.scheduler.update_from_output(plan, result, self.clock())
-        self._record(time.perf_counter() - started, result)
+        with self.lock:
+            update = self.scheduler.update_from_output(plan, result, self.clock())
+            self._record(time.perf_counter() - started, result)
         return StepOutput(result.chunks, update.finished)
 
     def _record(self, seconds: float, result: StepResult) -> None:

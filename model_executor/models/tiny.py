@@ -54,20 +54,19 @@ def tiny_preview_decoder() -> PreviewDecoder:
     return PreviewDecoder.seeded(TINY_SEED)
 
 
-def tiny_variant():
-    """helios-tiny samples like Helios-Distilled: 3-stage pyramid, DMD, amplified first chunk."""
+def tiny_variant(name: str = "helios-tiny"):
+    """How a tiny model samples. helios-tiny works like Helios-Distilled (3-stage pyramid, DMD,
+    amplified first chunk); helios-tiny-mid like Mid (pyramid UniPC, CFG-Zero*); helios-tiny-base
+    like Base (one-stage UniPC, CFG). Step counts are cut down to keep CPU runs quick."""
     from ..checkpoint import ModelVariant
     from ..sampling.schedules import SchedulerConfig
 
+    sizes = dict(default_height=192, default_width=320)
+    if name == "helios-tiny-mid":
+        scheduler = SchedulerConfig(kind="unipc", stages=3, use_dynamic_shifting=True)
+        return ModelVariant("tiny-mid", scheduler, True, False, (3, 3, 3), 5.0, False, **sizes)
+    if name == "helios-tiny-base":
+        scheduler = SchedulerConfig(kind="unipc", stages=1, stage_range=(0.0, 1.0), use_dynamic_shifting=True)
+        return ModelVariant("tiny-base", scheduler, False, False, (8,), 5.0, False, **sizes)
     scheduler = SchedulerConfig(kind="dmd", stages=3, use_dynamic_shifting=True, time_shift_type="linear")
-    return ModelVariant(
-        name="tiny",
-        scheduler=scheduler,
-        is_cfg_zero_star=False,
-        is_distilled=True,
-        default_steps=(2, 2, 2),
-        default_guidance_scale=1.0,
-        default_amplify_first_chunk=True,
-        default_height=192,
-        default_width=320,
-    )
+    return ModelVariant("tiny", scheduler, False, True, (2, 2, 2), 1.0, True, **sizes)

@@ -1,7 +1,8 @@
 """Latent <-> pixel decoders: the Wan-2.1 VAE and a fast linear preview decoder (spec §5.2).
 
-Both take normalised latents [B, 16, T, h, w] of one chunk and return pixels in [-1, 1],
-[B, 3, 1 + 4 (T - 1), 8 h, 8 w]: the first latent frame gives one frame, each further one four.
+Both turn normalised latents [1, 16, T, h, w] of one chunk into uint8 frames
+[1 + 4 (T - 1), 8 h, 8 w, 3] (``decode_frames``): the first latent frame gives one frame,
+each further one four.
 """
 
 from __future__ import annotations
@@ -45,8 +46,12 @@ class WanVAE:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1], [B, 3, T', H, W]."""
         latents = latents.to(device=self.mean.device, dtype=self.dtype) / self.inv_std + self.mean
         return self.vae.decode(latents, return_dict=False)[0]
+
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        return to_uint8_frames(self.decode(latents))
 
 
 class PreviewDecoder:
@@ -77,16 +82,35 @@ class PreviewDecoder:
         solution = torch.linalg.lstsq(design.T, pooled.reshape(3, -1).T).solution  # [17, 3]
         return cls(solution[:-1].T, solution[-1])
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+    def _colours(self, latents: torch.Tensor) -> torch.Tensor:
+        """RGB in [-1, 1] at latent resolution, [B, 3, T, h, w]."""
         x = latents.float()
         rgb = torch.einsum("oc,bcthw->bothw", self.weight.to(x.device), x) + self.bias.to(x.device).view(1, 3, 1, 1, 1)
-        first, rest = rgb[:, :, :1], rgb[:, :, 1:].repeat_interleave(TEMPORAL_SCALE, dim=2)
-        rgb = torch.cat([first, rest], dim=2)
-        rgb = rgb.repeat_interleave(SPATIAL_SCALE, dim=3).repeat_interleave(SPATIAL_SCALE, dim=4)
         return rgb.clamp(-1, 1)
+
+    @staticmethod
+    def _upsample(x: torch.Tensor, dims: tuple[int, int, int]) -> torch.Tensor:
+        """Repeat the first frame once and every other frame 4x along ``dims[0]``; 8x along the others."""
+        time_dim, height_dim, width_dim = dims
+        first, rest = x.narrow(time_dim, 0, 1), x.narrow(time_dim, 1, x.shape[time_dim] - 1)
+        x = torch.cat([first, rest.repeat_interleave(TEMPORAL_SCALE, dim=time_dim)], dim=time_dim)
+        return x.repeat_interleave(SPATIAL_SCALE, dim=height_dim).repeat_interleave(SPATIAL_SCALE, dim=width_dim)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1], [B, 3, T', H, W]."""
+        return self._upsample(self._colours(latents), dims=(2, 3, 4))
+
+    def decode_frames(self, latents: torch.Tensor) -> torch.Tensor:
+        # Quantised at latent resolution and upsampled as uint8: 64x less memory traffic than
+        # upsampling floats, and the same frames (nearest upsampling commutes with rounding).
+        return self._upsample(to_uint8_frames(self._colours(latents)), dims=(0, 1, 2))
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> torch.Tensor:
-    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3], rounded as diffusers' postprocessing."""
-    frames = (pixels[0].float() / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0)
-    return (frames * 255).round().to(torch.uint8).cpu()
+    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3], rounded as diffusers' postprocessing.
+
+    Works in place on one float copy: decoded chunks are large and this runs per chunk.
+    """
+    frames = pixels[0].float().clone() if pixels.dtype == torch.float32 else pixels[0].float()
+    frames.div_(2).add_(0.5).clamp_(0, 1).mul_(255).round_()
+    return frames.to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu()

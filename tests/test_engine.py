@@ -1,0 +1,182 @@
+"""The continuous-batching engine on the real helios-tiny models."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from helios_serve import HeliosEngine, VideoSamplingParams
+from helios_serve.engine.async_engine import AsyncHeliosEngine
+from helios_serve.errors import RequestCancelledError, RequestFailedError
+from helios_serve.request import RequestStatus
+
+SMALL = dict(height=64, width=64)
+
+
+def solo(engine: HeliosEngine, prompt: str, params: VideoSamplingParams) -> np.ndarray:
+    (video,) = engine.generate(prompt, params)
+    return video.frames
+
+
+@pytest.mark.parametrize(
+    "model,settings",
+    [
+        (
+            "helios-tiny",  # DMD pyramid: amplified or not, different steps and lengths, one with CFG
+            [
+                dict(num_frames=99, seed=1),
+                dict(num_frames=40, seed=2, is_amplify_first_chunk=False, pyramid_num_inference_steps_list=(1, 2, 1)),
+                dict(num_frames=66, seed=3, guidance_scale=3.0),
+            ],
+        ),
+        (
+            "helios-tiny-mid",  # UniPC pyramid: CFG-Zero*, plain CFG, no guidance
+            [
+                dict(num_frames=66, seed=4),
+                dict(num_frames=33, seed=5, use_cfg_zero_star=False),
+                dict(num_frames=99, seed=6, guidance_scale=1.0, pyramid_num_inference_steps_list=(2, 2, 2)),
+            ],
+        ),
+    ],
+)
+def test_batched_equals_sequential(model, settings):
+    engine = HeliosEngine(model)
+    params = [VideoSamplingParams(**SMALL, **s) for s in settings]
+    prompts = [f"prompt {i}" for i in range(len(params))]
+    together = engine.generate(prompts, params)
+    assert max(engine.stats.batch_size_counts) > 2, engine.stats.batch_size_counts  # steps really were batched
+    for prompt, p, video in zip(prompts, params, together):
+        assert np.array_equal(video.frames, solo(HeliosEngine(model), prompt, p))
+
+
+def test_cancellation_frees_capacity():
+    engine = HeliosEngine(max_running_requests=1)
+    core = engine.core
+    long = core.add_request("long", engine.resolve("a", VideoSamplingParams(num_frames=330, **SMALL)))
+    short = core.add_request("short", engine.resolve("b", VideoSamplingParams(num_frames=33, **SMALL)))
+    for _ in range(4):
+        core.step()
+    assert "long" in core.executor.runner.requests and short.status is RequestStatus.WAITING
+    core.abort_request("long")
+    core.step()  # frees the slot and admits the next request in the same step
+    assert "long" not in core.executor.runner.requests
+    assert short.status is RequestStatus.RUNNING and "short" in core.executor.runner.requests
+    while core.has_unfinished():
+        core.step()
+    assert short.status is RequestStatus.FINISHED_COMPLETED and long.status is RequestStatus.FINISHED_CANCELLED
+
+
+def run_to_completion(engine: HeliosEngine, requests: dict[str, tuple[str, VideoSamplingParams]]):
+    """Submit with explicit ids, step until done; returns ({id: frames}, {id: finished request})."""
+    for request_id, (prompt, params) in requests.items():
+        engine.core.add_request(request_id, engine.resolve(prompt, params))
+    frames, finished = {rid: [] for rid in requests}, {}
+    while engine.core.has_unfinished():
+        output = engine.core.step()
+        for chunk in output.chunks:
+            frames[chunk.request_id].append(chunk.frames)
+        finished.update({r.request_id: r for r in output.finished})
+    return {rid: np.concatenate(f) if f else None for rid, f in frames.items()}, finished
+
+
+def test_a_failing_forward_fails_only_its_request(monkeypatch):
+    requests = {name: (name, VideoSamplingParams(num_frames=66, seed=s, **SMALL))
+                for name, s in (("fine", 1), ("poison", 2), ("also fine", 3))}
+    engine = HeliosEngine()
+    runner = engine.core.executor.runner
+    real_forward = runner._forward
+    bad_text = runner.text_encoder.encode("poison")
+
+    def forward(states):
+        if any(torch.equal(s.text, bad_text) for s in states):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return real_forward(states)
+
+    monkeypatch.setattr(runner, "_forward", forward)
+    frames, finished = run_to_completion(engine, requests)
+    assert finished["poison"].status is RequestStatus.FINISHED_FAILED
+    assert "illegal memory access" in finished["poison"].error and frames["poison"] is None
+    reference = HeliosEngine()
+    for name in ("fine", "also fine"):  # batch mates finished, with exactly their solo frames
+        assert finished[name].status is RequestStatus.FINISHED_COMPLETED
+        assert np.array_equal(frames[name], solo(reference, *requests[name]))
+
+
+def test_a_failing_decode_fails_only_its_request(monkeypatch):
+    engine = HeliosEngine()
+    runner = engine.core.executor.runner
+    real_decode = runner.preview.decode
+    calls = []
+
+    def decode(latents):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("decoder ran out of memory")
+        return real_decode(latents)
+
+    monkeypatch.setattr(runner.preview, "decode", decode)
+    requests = {name: (name, VideoSamplingParams(num_frames=33, seed=1, **SMALL)) for name in ("a", "b", "c")}
+    frames, finished = run_to_completion(engine, requests)
+    statuses = sorted(r.status.name for r in finished.values())
+    assert statuses == ["FINISHED_COMPLETED", "FINISHED_COMPLETED", "FINISHED_FAILED"]
+    assert sum(f is None for f in frames.values()) == 1
+
+
+def test_non_finite_latents_fail_the_request(monkeypatch):
+    engine = HeliosEngine()
+    procedure = engine.core.executor.runner.procedure
+    real_apply = procedure.apply_model_output
+
+    def apply(state, velocities):
+        real_apply(state, velocities)
+        if state.spec.seed == 13:
+            state.latents = state.latents * float("nan")
+
+    monkeypatch.setattr(procedure, "apply_model_output", apply)
+    with pytest.raises(RequestFailedError, match="non-finite latents"):
+        engine.generate(["x", "y"], [VideoSamplingParams(seed=13, **SMALL), VideoSamplingParams(seed=1, **SMALL)])
+
+
+def test_timeout():
+    engine = HeliosEngine(request_timeout_s=0.001)
+    with pytest.raises(RequestCancelledError, match="timed out"):
+        engine.generate("x", VideoSamplingParams(num_frames=330, **SMALL))
+
+
+def test_async_engine_streams_and_cancels():
+    async def scenario():
+        engine = AsyncHeliosEngine()
+        try:
+            params = VideoSamplingParams(num_frames=132, seed=7, **SMALL)
+            seen = []
+            async for chunk in engine.generate("a lantern", params):
+                waiting, running = engine.queue_depth()
+                seen.append((chunk.chunk_index, running))
+            assert [index for index, _ in seen] == [0, 1, 2, 3]
+            assert seen[0][1] == 1  # the first chunk arrived while the request was still running
+
+            async def first_chunk_then_leave():
+                async for _ in engine.generate("cancel me", VideoSamplingParams(num_frames=660, **SMALL)):
+                    return  # leaving the loop cancels the request
+
+            streams = [engine.generate("a lantern", params), engine.generate("a fox", params.with_updates(seed=8))]
+            results = await asyncio.gather(
+                first_chunk_then_leave(), *[_collect(s) for s in streams]
+            )
+            await asyncio.sleep(0.2)
+            assert engine.queue_depth() == (0, 0)
+            return results[1:], engine.stats
+        finally:
+            engine.shutdown()
+
+    (lantern, fox), stats = asyncio.run(scenario())
+    reference = HeliosEngine()
+    assert np.array_equal(lantern, solo(reference, "a lantern", VideoSamplingParams(num_frames=132, seed=7, **SMALL)))
+    assert np.array_equal(fox, solo(reference, "a fox", VideoSamplingParams(num_frames=132, seed=8, **SMALL)))
+
+
+async def _collect(stream) -> np.ndarray:
+    return np.concatenate([chunk.frames async for chunk in stream])
