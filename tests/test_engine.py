@@ -108,7 +108,7 @@ def test_a_failing_forward_fails_only_its_request(monkeypatch):
 def test_a_failing_decode_fails_only_its_request(monkeypatch):
     engine = HeliosEngine()
     runner = engine.core.executor.runner
-    real_decode = runner.preview.decode
+    real_decode = runner.preview.decode_frames
     calls = []
 
     def decode(latents):
@@ -117,7 +117,7 @@ def test_a_failing_decode_fails_only_its_request(monkeypatch):
             raise ValueError("decoder ran out of memory")
         return real_decode(latents)
 
-    monkeypatch.setattr(runner.preview, "decode", decode)
+    monkeypatch.setattr(runner.preview, "decode_frames", decode)
     requests = {name: (name, VideoSamplingParams(num_frames=33, seed=1, **SMALL)) for name in ("a", "b", "c")}
     frames, finished = run_to_completion(engine, requests)
     statuses = sorted(r.status.name for r in finished.values())

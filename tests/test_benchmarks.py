@@ -1,0 +1,26 @@
+"""The benchmark scripts run and report what they promise."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_throughput_reports_its_figures(tmp_path):
+    out = tmp_path / "throughput.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/benchmark_throughput.py"), "--num-requests", "3", "--num-frames", "33",
+         "--height", "64", "--width", "64", "--repeats", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "batched / sequential" in result.stdout
+    figures = json.loads(out.read_text())
+    for key in ("frames_per_second", "batched_vs_sequential", "overhead_us_per_step", "overhead_fraction",
+                "ttfc_s", "peak_rss_mb"):
+        assert figures[key] > 0, key
+    assert figures["mean_rows_per_forward"] > 1  # the requests' steps were batched
