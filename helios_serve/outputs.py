@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,8 @@ class VideoChunkOutput:
     num_chunks: int
     frames: np.ndarray
     """uint8 [T, H, W, 3] of this chunk (33 frames; the last chunk trimmed to a 4n+1 video)."""
+    resume_state: Any = None
+    """For resumable requests: what the next chunk needs (model_executor.resume.ResumeSnapshot)."""
 
 
 @dataclass

@@ -78,6 +78,11 @@ class Request:
 
     def __post_init__(self) -> None:
         self.last_served_time = self.arrival_time
+        # A resumed request starts after its completed chunks (they count as done work).
+        self.chunk_index = self.spec.start_chunk
+        if self.spec.start_chunk:
+            self.phase = Phase.ENCODE
+            self.units_done = 1 + sum(self._chunk_units(k) for k in range(self.spec.start_chunk))
 
     @property
     def num_stages(self) -> int:
@@ -91,11 +96,13 @@ class Request:
     def rows_per_forward(self) -> int:
         return 2 if self.spec.use_cfg else 1
 
+    def _chunk_units(self, chunk_index: int) -> int:
+        """begin, every step, every stage transition, decode."""
+        return sum(self.spec.steps_in_chunk(chunk_index)) + self.num_stages + 1
+
     @property
     def total_units(self) -> int:
-        """encode + per chunk: begin, every step, every stage transition, decode."""
-        per_chunk = [sum(self.spec.steps_in_chunk(k)) + self.num_stages + 1 for k in range(self.spec.num_chunks)]
-        return 1 + sum(per_chunk)
+        return 1 + sum(self._chunk_units(k) for k in range(self.spec.num_chunks))
 
     @property
     def progress(self) -> float:

@@ -20,6 +20,7 @@ from .conditioning import initial_history
 from .models.helios_transformer import HeliosTransformer
 from .models.vae import PreviewDecoder, WanVAE
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
+from .resume import ResumeSnapshot, load_snapshot
 from .step_io import DecodedChunk, RequestSpec, StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,17 @@ class ModelRunner:
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
         text = self.text_encoder.encode(spec.prompt).to(self.device, self.dtype)
         negative = self.text_encoder.encode(spec.negative_prompt).to(self.device, self.dtype) if spec.use_cfg else None
-        history, anchor = initial_history(spec, self.vae, generator, self.device)
-        self.requests[request_id] = RequestState(spec, generator, text, negative, history, anchor)
+        if spec.resume_path:
+            snapshot = load_snapshot(spec.resume_path)
+            if snapshot.chunks_done != spec.start_chunk:
+                raise ValueError(f"snapshot has {snapshot.chunks_done} chunks done, expected {spec.start_chunk}")
+            generator.set_state(snapshot.rng_state)
+            history = snapshot.history.to(self.device)
+            anchor = snapshot.anchor.to(self.device) if snapshot.anchor is not None else None
+        else:
+            history, anchor = initial_history(spec, self.vae, generator, self.device)
+        state = RequestState(spec, generator, text, negative, history, anchor, chunk_index=spec.start_chunk)
+        self.requests[request_id] = state
 
     def remove_request(self, request_id: str) -> None:
         self.requests.pop(request_id, None)
@@ -130,7 +140,7 @@ class ModelRunner:
             inputs[f"indices_latents_history_{term}"] = indices.to(self.device)
         return inputs
 
-    def finish_chunk(self, request_id: str) -> torch.Tensor:
+    def finish_chunk(self, request_id: str) -> DecodedChunk:
         """Close the chunk and decode it: uint8 frames [T, H, W, 3], the last chunk trimmed to 4n+1.
 
         The request's state is dropped after its last chunk.
@@ -139,10 +149,14 @@ class ModelRunner:
         chunk_index = state.chunk_index
         latents = self.procedure.finish_chunk(state)
         decoder = self.vae if (state.spec.decoder == "vae" and self.vae is not None) else self.preview
-        frames = decoder.decode_frames(latents)
+        frames = decoder.decode_frames(latents)[: state.spec.frames_in_chunk(chunk_index)]
+        snapshot = None
+        if state.spec.resumable:
+            anchor = state.anchor.cpu().clone() if state.anchor is not None else None
+            snapshot = ResumeSnapshot(state.chunk_index, state.history.cpu().clone(), anchor, state.generator.get_state())
         if state.is_finished:
             self.remove_request(request_id)
-        return frames[: state.spec.frames_in_chunk(chunk_index)]
+        return DecodedChunk(request_id, chunk_index, frames.numpy(), snapshot)
 
     # -- one engine step -------------------------------------------------------------------
     def execute(self, plan: StepPlan) -> StepResult:
@@ -162,10 +176,9 @@ class ModelRunner:
             result.num_rows = sum(len(self.procedure.model_rows(state)) for state in live)
             self._denoise_isolating_failures(plan.denoise, result)
         for request_id in plan.decode:
-            chunk_index = self.requests[request_id].chunk_index if request_id in self.requests else -1
-            frames = self._guarded(result, request_id, self.finish_chunk, request_id)
-            if frames is not None:
-                result.chunks.append(DecodedChunk(request_id, chunk_index, frames.numpy()))
+            chunk = self._guarded(result, request_id, self.finish_chunk, request_id)
+            if chunk is not None:
+                result.chunks.append(chunk)
         result.model_seconds = time.perf_counter() - started
         return result
 

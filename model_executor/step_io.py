@@ -41,6 +41,12 @@ class RequestSpec:
     video_noise_sigma: tuple[float, float] = (0.111, 0.135)
     decoder: str = "vae"
     """'vae' (the checkpoint's Wan VAE) or 'preview' (fast linear preview)."""
+    resumable: bool = False
+    """Hand out a ResumeSnapshot with every decoded chunk (for durable jobs)."""
+    resume_path: str | None = None
+    """Continue from the ResumeSnapshot saved at this path instead of starting afresh."""
+    start_chunk: int = 0
+    """Chunks already done when the request starts (the snapshot's ``chunks_done``)."""
 
     @property
     def num_chunks(self) -> int:
@@ -104,6 +110,8 @@ class DecodedChunk:
     chunk_index: int
     frames: Any
     """uint8 numpy array [T, H, W, 3]."""
+    resume_state: Any = None
+    """A model_executor.resume.ResumeSnapshot (CPU tensors) when the request is resumable."""
 
 
 @dataclass

@@ -132,7 +132,10 @@ class AsyncHeliosEngine:
                 target = self._streams.get(chunk.request_id)
                 if target is not None:
                     num_chunks = target[0].spec.num_chunks
-                    self._deliver(chunk.request_id, VideoChunkOutput(chunk.request_id, chunk.chunk_index, num_chunks, chunk.frames))
+                    output = VideoChunkOutput(
+                        chunk.request_id, chunk.chunk_index, num_chunks, chunk.frames, chunk.resume_state
+                    )
+                    self._deliver(chunk.request_id, output)
             for request in output.finished:
                 self._deliver(request.request_id, _FINISHED, final=True)
 

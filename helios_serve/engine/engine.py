@@ -133,4 +133,6 @@ class HeliosEngine:
 
     @staticmethod
     def _chunk_output(request: Request, chunk) -> VideoChunkOutput:
-        return VideoChunkOutput(request.request_id, chunk.chunk_index, request.spec.num_chunks, chunk.frames)
+        return VideoChunkOutput(
+            request.request_id, chunk.chunk_index, request.spec.num_chunks, chunk.frames, chunk.resume_state
+        )

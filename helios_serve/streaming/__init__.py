@@ -1,0 +1,1 @@
+"""Live delivery of chunks: fragmented MP4 segments, HLS playlists."""
