@@ -80,9 +80,7 @@ class Request:
         self.last_served_time = self.arrival_time
         # A resumed request starts after its completed chunks (they count as done work).
         self.chunk_index = self.spec.start_chunk
-        if self.spec.start_chunk:
-            self.phase = Phase.ENCODE
-            self.units_done = 1 + sum(self._chunk_units(k) for k in range(self.spec.start_chunk))
+        self.units_done = sum(self._chunk_units(k) for k in range(self.spec.start_chunk))
 
     @property
     def num_stages(self) -> int:
