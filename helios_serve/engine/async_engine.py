@@ -12,6 +12,7 @@ added and cancelled from the loop under the engine core's lock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -20,12 +21,13 @@ from ..config import EngineConfig
 from ..model_executor.model_runner import RunnerConfig
 from ..model_executor.step_io import RequestSpec
 from ..outputs import VideoChunkOutput
-from ..request import Request
+from ..request import Request, RequestStatus
 from ..sampling_params import VideoSamplingParams
 from .engine import raise_for_status
 from .engine_core import EngineCore
 
 _FINISHED = object()  # end-of-stream marker on a request's queue
+logger = logging.getLogger(__name__)
 
 
 class AsyncHeliosEngine:
@@ -127,17 +129,30 @@ class AsyncHeliosEngine:
                 self._wake.wait(timeout=0.5)
                 self._wake.clear()
                 continue
-            output = self.core.step()
-            for chunk in output.chunks:
+            try:
+                step = self.core.step()
+            except Exception:  # noqa: BLE001 - a bug in the engine itself: fail everything, keep serving
+                logger.exception("engine step failed; failing all running requests")
+                self._fail_everything()
+                continue
+            for chunk in step.chunks:
                 target = self._streams.get(chunk.request_id)
                 if target is not None:
                     num_chunks = target[0].spec.num_chunks
-                    output = VideoChunkOutput(
-                        chunk.request_id, chunk.chunk_index, num_chunks, chunk.frames, chunk.resume_state
-                    )
-                    self._deliver(chunk.request_id, output)
-            for request in output.finished:
+                    item = VideoChunkOutput(chunk.request_id, chunk.chunk_index, num_chunks, chunk.frames, chunk.resume_state)
+                    self._deliver(chunk.request_id, item)
+            for request in step.finished:
                 self._deliver(request.request_id, _FINISHED, final=True)
+
+    def _fail_everything(self) -> None:
+        with self.core.lock:
+            scheduler = self.core.scheduler
+            requests = [*scheduler.waiting, *scheduler.running.values()]
+            for request in requests:
+                scheduler.abort_request(request.request_id, RequestStatus.FINISHED_FAILED)
+                request.error = "internal engine error"
+        for request in requests:
+            self._deliver(request.request_id, _FINISHED, final=True)
 
     def _deliver(self, request_id: str, item, final: bool = False) -> None:
         target = self._streams.pop(request_id, None) if final else self._streams.get(request_id)
