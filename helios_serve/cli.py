@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the Helios autoregressive video diffusion models.",
     )
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
+    from .entrypoints.serve import add_serve_parser, run_serve
+
+    add_serve_parser(subparsers, DEFAULT_MODEL)
+    subparsers.choices["serve"].set_defaults(handler=run_serve)
     _add_generate_parser(subparsers)
     _add_check_parser(subparsers)
     return parser

@@ -15,6 +15,14 @@ LATENT_FRAMES_PER_CHUNK = 9
 HISTORY_SIZES = (16, 2, 1)  # long, mid, short-term history latents (spec §3.1)
 
 
+def chunk_frame_counts(num_frames: int) -> list[int]:
+    """Frames of each chunk: 33 each, the last trimmed so the video has 4n+1 frames (spec §3.1)."""
+    num_chunks = max(1, math.ceil(num_frames / FRAMES_PER_CHUNK))
+    total = FRAMES_PER_CHUNK * num_chunks
+    trimmed = (total - 1) // 4 * 4 + 1
+    return [FRAMES_PER_CHUNK] * (num_chunks - 1) + [FRAMES_PER_CHUNK - (total - trimmed)]
+
+
 @dataclass(frozen=True)
 class RequestSpec:
     prompt: str
@@ -63,15 +71,11 @@ class RequestSpec:
         return self.stage_steps
 
     def frames_in_chunk(self, chunk_index: int) -> int:
-        """33 frames per chunk; the last is trimmed so the video has 4n+1 frames (spec §3.1)."""
-        if chunk_index < self.num_chunks - 1:
-            return FRAMES_PER_CHUNK
-        total = FRAMES_PER_CHUNK * self.num_chunks
-        return FRAMES_PER_CHUNK - (total - ((total - 1) // 4 * 4 + 1))
+        return chunk_frame_counts(self.num_frames)[chunk_index]
 
     @property
     def output_frames(self) -> int:
-        return sum(self.frames_in_chunk(k) for k in range(self.num_chunks))
+        return sum(chunk_frame_counts(self.num_frames))
 
 
 # -- the scheduler <-> runner contract ---------------------------------------------------------

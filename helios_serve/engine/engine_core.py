@@ -53,6 +53,8 @@ class EngineCore:
         self.clock = clock
         self.stats = EngineStats()
         self.lock = threading.Lock()
+        self.step_listeners: list = []
+        """Called after every step with (seconds, rows in its forward), e.g. to feed metrics."""
 
     def add_request(
         self,
@@ -96,3 +98,5 @@ class EngineCore:
             stats.forwards += 1
             stats.rows += result.num_rows
             stats.batch_size_counts[result.num_rows] = stats.batch_size_counts.get(result.num_rows, 0) + 1
+        for listener in self.step_listeners:
+            listener(seconds, result.num_rows)

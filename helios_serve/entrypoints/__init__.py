@@ -1,0 +1,1 @@
+"""Ways in: the CLI, the OpenAI-style HTTP server."""

@@ -1,0 +1,102 @@
+"""Reading POST /v1/videos bodies: JSON or multipart, with a hard size limit."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from .inputs import decode_base64
+from .protocol import VideoCreateRequest
+
+LIST_FIELDS = {"pyramid_num_inference_steps_list"}
+FILE_FIELDS = {"input_reference": "image", "video_reference": "video"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over ``max_bytes``, by Content-Length or as they stream in."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._reject(send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"the request body is larger than the limit of {self.max_bytes / 2**20:g} MiB"
+
+    async def _reject(self, send) -> None:
+        body = json.dumps({"error": {"message": self._message(), "type": "invalid_request_error", "param": None,
+                                     "code": "payload_too_large"}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _form_value(name: str, values: list[str]):
+    """Multipart fields arrive as strings; lists come repeated (key[]), as JSON or comma-separated."""
+    if name in LIST_FIELDS:
+        if len(values) == 1:
+            text = values[0].strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return values
+    if name == "extra_params":
+        return json.loads(values[0])
+    return values[-1]
+
+
+async def parse_create_request(request: Request) -> tuple[VideoCreateRequest, dict[str, bytes]]:
+    """(validated request, uploaded files by kind). Raises ValidationError or ValueError (-> 422)."""
+    content_type = request.headers.get("content-type", "")
+    uploads: dict[str, bytes] = {}
+    if content_type.startswith("multipart/form-data") or content_type.startswith("application/x-www-form-urlencoded"):
+        form = await request.form(max_files=4, max_fields=200)
+        fields: dict[str, list[str]] = {}
+        for raw_name, value in form.multi_items():
+            name = raw_name.removesuffix("[]")
+            if isinstance(value, UploadFile):
+                if name not in FILE_FIELDS:
+                    raise ValueError(f"{name}: unexpected file upload")
+                uploads[FILE_FIELDS[name]] = await value.read()
+                continue
+            fields.setdefault(name, []).append(value)
+        try:
+            data = {name: _form_value(name, values) for name, values in fields.items()}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"a form field is not valid JSON: {exc}") from None
+    else:
+        try:
+            data = json.loads(await request.body() or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"the body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError("the body must be a JSON object")
+        for name, kind in FILE_FIELDS.items():
+            if isinstance(data.get(name), str):
+                uploads[kind] = decode_base64(data[name], name)
+    body = VideoCreateRequest.model_validate(data)
+    return body, uploads

@@ -1,0 +1,136 @@
+"""WS /v1/realtime/video: vLLM-Omni's streaming video protocol, so its clients work unchanged.
+
+client: {"type": "session.start", prompt, width, height, fps, num_frames, ..., "format": "m4s"}
+server: {"type": "video.start", ...}; per chunk {"type": "video.chunk_metadata", ...} then one
+binary frame of fragmented MP4 (the first carries the init segment too, so the concatenated
+frames are one playable file); finally {"type": "session.done", ...}.
+client may send session.ping (-> session.pong) and session.stop (cancels the generation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from pydantic import ValidationError
+
+from .protocol import VideoCreateRequest
+from .serving_video import ApiError
+
+START_TIMEOUT_S = 10.0
+SESSION_FIELDS_IGNORED = {"type", "format", "pace_to_media_time", "pacing_lead_seconds", "pacing_max_lag_seconds"}
+
+
+def install_realtime(app: FastAPI, state) -> None:
+    @app.websocket("/v1/realtime/video")
+    async def realtime_video(websocket: WebSocket) -> None:
+        api_key = state.config.api_key
+        header = websocket.headers.get("authorization", "")
+        supplied = header[7:] if header.lower().startswith("bearer ") else websocket.query_params.get("api_key")
+        await websocket.accept()
+        if api_key is not None and supplied != api_key:
+            await _error_and_close(websocket, "invalid_api_key", "a valid API key is required")
+            return
+        try:
+            await Session(websocket, state).run()
+        except WebSocketDisconnect:
+            pass
+
+
+async def _error_and_close(websocket: WebSocket, code: str, message: str) -> None:
+    await websocket.send_json({"type": "error", "code": code, "message": message})
+    await websocket.close()
+
+
+class Session:
+    def __init__(self, websocket: WebSocket, state):
+        self.websocket, self.state = websocket, state
+        self.job_id: str | None = None
+
+    async def run(self) -> None:
+        try:
+            message = await asyncio.wait_for(self.websocket.receive_json(), timeout=START_TIMEOUT_S)
+        except (asyncio.TimeoutError, json.JSONDecodeError, KeyError):
+            await _error_and_close(self.websocket, "invalid_request", "expected a session.start message")
+            return
+        if not isinstance(message, dict) or message.get("type") != "session.start":
+            await _error_and_close(self.websocket, "invalid_request", "the first message must be session.start")
+            return
+        if message.get("format", "m4s") != "m4s":
+            await _error_and_close(self.websocket, "invalid_request", "only format 'm4s' (fragmented MP4) is served")
+            return
+        try:
+            service = self.state.require_service()
+            fields = {k: v for k, v in message.items() if k not in SESSION_FIELDS_IGNORED}
+            if "width" in fields or "height" in fields:
+                fields["size"] = f"{fields.pop('width', 0)}x{fields.pop('height', 0)}"
+            record = service.create(VideoCreateRequest.model_validate(fields), {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            await _error_and_close(self.websocket, "invalid_value", f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
+            return
+        except ApiError as exc:
+            await _error_and_close(self.websocket, exc.code, exc.message)
+            return
+        self.job_id = record.id
+        await self.stream(service, record)
+
+    async def stream(self, service, record) -> None:
+        events = service.subscribe(record.id)
+        listener = asyncio.create_task(self._listen(service))
+        await self.websocket.send_json({
+            "type": "video.start", "request_id": record.id, "format": "m4s",
+            "config": {"width": record.width, "height": record.height, "fps": record.fps,
+                       "num_frames": record.num_frames, "total_chunks": record.total_chunks},
+        })
+        sent, status = 0, "completed"
+        try:
+            while True:
+                event = await events.get()
+                if event["type"] == "chunk":
+                    await self._send_chunk(service, record.id, event)
+                    sent += 1
+                elif event["type"] == "completed":
+                    break
+                else:
+                    status = "cancelled" if event["error"]["code"] == "cancelled" else "failed"
+                    if status == "failed":
+                        await self.websocket.send_json({"type": "error", **event["error"]})
+                    break
+            await self.websocket.send_json({"type": "session.done", "status": status, "request_id": record.id,
+                                            "num_chunks": sent})
+            await self.websocket.close()
+        finally:
+            listener.cancel()
+            service.unsubscribe(record.id, events)
+
+    async def _send_chunk(self, service, job_id: str, event: dict) -> None:
+        index = event["chunk_index"]
+        data = service.files.segment(job_id, index).read_bytes()
+        if index == 0:
+            data = service.files.init_segment(job_id).read_bytes() + data
+        await self.websocket.send_json({"type": "video.chunk_metadata", "generation_chunk_index": index,
+                                        "num_frames": event["num_frames"], "byte_length": len(data)})
+        await self.websocket.send_bytes(data)
+
+    async def _listen(self, service) -> None:
+        """Client messages during generation: ping, stop; a disconnect cancels too."""
+        try:
+            while True:
+                message = await self.websocket.receive_json()
+                kind = message.get("type") if isinstance(message, dict) else None
+                if kind == "session.ping":
+                    await self.websocket.send_json({"type": "session.pong"})
+                elif kind == "session.stop":
+                    await service.delete(self.job_id)
+                    return
+                elif kind == "session.interaction":
+                    await self.websocket.send_json({"type": "error", "code": "interaction_failed",
+                                                    "message": "this model does not take interactions",
+                                                    "event_id": (message.get("interaction") or {}).get("event_id")})
+        except (WebSocketDisconnect, RuntimeError, json.JSONDecodeError):
+            with contextlib.suppress(ApiError):
+                if self.job_id and service.live_progress(self.job_id) is not None:
+                    await service.delete(self.job_id)
