@@ -92,3 +92,23 @@ def tiny_checkpoint(tmp_path_factory):
         return cache[variant]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """One helios-tiny server for the API tests (small upload limit to test 413)."""
+    from live_server import start_server
+
+    live = start_server(tmp_path_factory.mktemp("server") / "data", "--max-upload-mb", "1")
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def openai_client(server):
+    import warnings
+
+    from openai import OpenAI
+
+    warnings.filterwarnings("ignore", message=".*Sora API.*", category=DeprecationWarning)
+    return OpenAI(base_url=server.api, api_key="unused", max_retries=0)

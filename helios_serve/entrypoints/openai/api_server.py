@@ -184,7 +184,25 @@ def build_app(config: ServerConfig) -> FastAPI:
 
     install_streaming(app, state, auth)
     install_realtime(app, state)
+    install_openapi_schema(app)
     return app
+
+
+def install_openapi_schema(app: FastAPI) -> None:
+    """The create routes read JSON or multipart themselves; publish their body model in the schema."""
+    from fastapi.openapi.utils import get_openapi
+
+    from .protocol import VideoCreateRequest
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            body = VideoCreateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {})["VideoCreateRequest"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 CREATE_BODY_SCHEMA = {

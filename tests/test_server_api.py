@@ -1,0 +1,116 @@
+"""The OpenAI-style API against a live server, through the official openai SDK and plain HTTP."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import av
+import httpx
+import numpy as np
+import pytest
+
+SMALL = {"size": "128x64"}
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def wait_for(client, video_id: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        video = client.videos.retrieve(video_id)
+        if video.status in ("completed", "failed"):
+            return video
+        time.sleep(0.1)
+    raise AssertionError(f"{video_id} did not finish")
+
+
+def test_sdk_create_retrieve_download(openai_client):
+    video = openai_client.videos.create(prompt="a red fox in the snow", seconds="2", size="128x64",
+                                        extra_body={"seed": 4})
+    assert video.status in ("queued", "in_progress") and video.id.startswith("video_")
+    done = wait_for(openai_client, video.id)
+    assert done.status == "completed" and done.progress == 100
+    frames = decode_mp4(openai_client.videos.download_content(video.id).read())
+    assert frames.shape == (65, 64, 128, 3)  # 2 s at 24 fps = 48 frames -> 2 whole chunks -> 4n+1 = 65
+    thumbnail = openai_client.videos.download_content(video.id, variant="thumbnail").read()
+    assert thumbnail[:4] == b"RIFF" and thumbnail[8:12] == b"WEBP"
+    extra = done.model_extra or {}
+    assert extra["chunks_completed"] == extra["total_chunks"] == 2 and extra["time_to_first_chunk_s"] > 0
+
+
+def test_sdk_create_and_poll_and_delete(openai_client):
+    video = openai_client.videos.create_and_poll(prompt="a lantern", size="128x64", extra_body={"num_frames": 33},
+                                                 poll_interval_ms=100)
+    assert video.status == "completed"
+    deleted = openai_client.videos.delete(video.id)
+    assert deleted.deleted and deleted.id == video.id
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        openai_client.videos.retrieve(video.id)
+
+
+def test_sdk_list_pagination(openai_client):
+    ids = [openai_client.videos.create(prompt=f"clip {i}", size="128x64", extra_body={"num_frames": 1}).id
+           for i in range(3)]
+    first = openai_client.videos.list(limit=2, order="desc")
+    assert [v.id for v in first.data] == ids[::-1][:2] and first.has_more
+    second = openai_client.videos.list(limit=2, order="desc", after=first.data[-1].id)
+    assert second.data[0].id == ids[0]
+    ascending = [v.id for v in openai_client.videos.list(limit=100, order="asc").data]
+    assert ascending.index(ids[0]) < ascending.index(ids[1]) < ascending.index(ids[2])
+    for video_id in ids:
+        wait_for(openai_client, video_id)
+
+
+def test_progress_moves_while_running(openai_client):
+    video = openai_client.videos.create(prompt="slow", size="320x192", extra_body={"num_frames": 132})
+    seen = set()
+    while (current := openai_client.videos.retrieve(video.id)).status != "completed":
+        seen.add(current.progress)
+        time.sleep(0.02)
+    assert len([p for p in seen if 0 < p < 100]) >= 3, seen
+
+
+def test_delete_cancels_a_running_job(openai_client, server):
+    video = openai_client.videos.create(prompt="long", size="320x192", extra_body={"num_frames": 990})
+    while openai_client.videos.retrieve(video.id).status != "in_progress":
+        time.sleep(0.02)
+    openai_client.videos.delete(video.id)
+    time.sleep(0.3)  # the engine frees the slot at its next step
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "helios_running_requests 0.0" in metrics
+    assert not (server.data_dir / "videos" / video.id).exists()
+
+
+def test_json_body_and_sync_endpoint(server):
+    created = httpx.post(f"{server.api}/videos", json={"prompt": "json body", "num_frames": 1, **SMALL, "seed": 9})
+    assert created.status_code == 200 and created.json()["status"] in ("queued", "in_progress")
+    response = httpx.post(f"{server.api}/videos/sync", data={"prompt": "sync", "num_frames": "33", **SMALL},
+                          timeout=60)
+    assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
+    assert decode_mp4(response.content).shape == (33, 64, 128, 3)
+
+
+def test_same_seed_same_video(server):
+    def sync(seed):
+        body = {"prompt": "determinism", "num_frames": "40", "seed": str(seed), **SMALL}
+        return decode_mp4(httpx.post(f"{server.api}/videos/sync", data=body, timeout=60).content)
+
+    a, b, c = sync(1), sync(1), sync(2)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_models_health_ready_metrics(server):
+    assert httpx.get(f"{server.api}/models").json()["data"][0]["id"] == "helios-tiny"
+    assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/ready").status_code == 200
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for name in ("helios_queue_depth", "helios_running_requests", "helios_batch_rows_bucket", "helios_step_seconds",
+                 "helios_chunk_seconds", "helios_time_to_first_chunk_seconds", "helios_realtime_factor",
+                 "helios_requests_cancelled_total", "helios_requests_failed_total", "helios_frames_generated_total"):
+        assert name in metrics, name
