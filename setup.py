@@ -46,11 +46,19 @@ setup(
         "av>=16.1",  # PyAV: H.264 MP4 in and out
         "pillow>=10",
         "tqdm>=4.60",
+        "fastapi>=0.115",  # the HTTP server
+        "uvicorn[standard]>=0.30",
+        "python-multipart>=0.0.9",  # multipart bodies of POST /v1/videos
+        "prometheus-client>=0.20",
     ],
     extras_require={
         "test": [
             "pytest>=8",
             "psutil>=5",
+            "httpx>=0.27",
+            "openai>=2.0",  # the official SDK's client.videos, against our server
+            "websockets>=13",
+            "hypothesis>=6.100",  # API fuzzing
             "setuptools>=70",  # builds the wheel checked by tests/test_packaging.py
         ],
     },

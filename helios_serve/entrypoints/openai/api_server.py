@@ -22,7 +22,8 @@ from ...config import EngineConfig
 from .body import BodyTooLarge, BodySizeLimit, parse_create_request
 from .metrics import ServerMetrics
 from .protocol import ModelCard, ModelList, VideoDeleted, VideoList, VideoObject
-from .serving_video import ApiError, VideoService
+from .errors import ApiError
+from .serving_video import VideoService
 
 logger = logging.getLogger(__name__)
 POLL_AFTER_MS = "500"

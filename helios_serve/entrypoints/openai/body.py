@@ -7,6 +7,7 @@ import json
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from .errors import invalid
 from .inputs import decode_base64
 from .protocol import VideoCreateRequest
 
@@ -70,7 +71,7 @@ def _form_value(name: str, values: list[str]):
 
 
 async def parse_create_request(request: Request) -> tuple[VideoCreateRequest, dict[str, bytes]]:
-    """(validated request, uploaded files by kind). Raises ValidationError or ValueError (-> 422)."""
+    """(validated request, uploaded files by kind). Raises ValidationError or ApiError (422)."""
     content_type = request.headers.get("content-type", "")
     uploads: dict[str, bytes] = {}
     if content_type.startswith("multipart/form-data") or content_type.startswith("application/x-www-form-urlencoded"):
@@ -80,23 +81,26 @@ async def parse_create_request(request: Request) -> tuple[VideoCreateRequest, di
             name = raw_name.removesuffix("[]")
             if isinstance(value, UploadFile):
                 if name not in FILE_FIELDS:
-                    raise ValueError(f"{name}: unexpected file upload")
+                    raise invalid(f"{name}: unexpected file upload", name)
                 uploads[FILE_FIELDS[name]] = await value.read()
                 continue
             fields.setdefault(name, []).append(value)
         try:
             data = {name: _form_value(name, values) for name, values in fields.items()}
         except json.JSONDecodeError as exc:
-            raise ValueError(f"a form field is not valid JSON: {exc}") from None
+            raise invalid(f"a form field is not valid JSON: {exc}") from None
     else:
         try:
             data = json.loads(await request.body() or b"null")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"the body is not valid JSON: {exc}") from None
+            raise invalid(f"the body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
-            raise ValueError("the body must be a JSON object")
+            raise invalid("the body must be a JSON object")
         for name, kind in FILE_FIELDS.items():
             if isinstance(data.get(name), str):
-                uploads[kind] = decode_base64(data[name], name)
+                try:
+                    uploads[kind] = decode_base64(data[name], name)
+                except ValueError as exc:
+                    raise invalid(str(exc), name) from None
     body = VideoCreateRequest.model_validate(data)
     return body, uploads

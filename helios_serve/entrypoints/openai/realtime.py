@@ -17,7 +17,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from .protocol import VideoCreateRequest
-from .serving_video import ApiError
+from .errors import ApiError
 
 START_TIMEOUT_S = 10.0
 SESSION_FIELDS_IGNORED = {"type", "format", "pace_to_media_time", "pacing_lead_seconds", "pacing_max_lag_seconds"}

@@ -22,6 +22,7 @@ from ...model_executor.step_io import RequestSpec, chunk_frame_counts
 from ...request import RequestStatus
 from ...sampling_params import VideoSamplingParams
 from ...streaming.fmp4 import ChunkEncoder, remux_to_mp4
+from .errors import ApiError
 from .inputs import decode_image, decode_video
 from .metrics import ServerMetrics
 from .protocol import VideoCreateRequest, VideoError, VideoObject
@@ -29,14 +30,6 @@ from .protocol import VideoCreateRequest, VideoError, VideoObject
 logger = logging.getLogger(__name__)
 DEFAULT_FPS = 24
 FRAGMENTS_PER_CHUNK = 64  # room in the fMP4 sequence numbering, so chunk k's numbers never depend on earlier ones
-
-
-class ApiError(Exception):
-    """An error with an HTTP status and an OpenAI-style code."""
-
-    def __init__(self, status: int, code: str, message: str, param: str | None = None, headers=None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
 
 
 class VideoService:

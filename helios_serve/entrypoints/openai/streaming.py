@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from ...model_executor.step_io import chunk_frame_counts
-from .serving_video import ApiError
+from .errors import ApiError
 
 PROGRESS_INTERVAL_S = 0.1
 SEGMENT_NAME = re.compile(r"^(init\.mp4|seg_\d{5}\.m4s)$")
