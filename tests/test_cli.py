@@ -97,3 +97,14 @@ def test_generate_errors_are_one_line(tmp_path, capsys):
     assert_one_line_error(capsys, "generate", "x", "--pyramid-steps", "2,a", "-o", out)
     assert_one_line_error(capsys, "generate", "x", "--image", __file__, "-o", out)
     assert not (tmp_path / "never.mp4").exists()
+
+
+def test_serve_errors_are_one_line(capsys, tmp_path):
+    import socket
+
+    assert_one_line_error(capsys, "serve", "no-such-model", "--data-dir", str(tmp_path))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert_one_line_error(capsys, "serve", "--port", str(taken.getsockname()[1]), "--data-dir", str(tmp_path))
+    assert_one_line_error(capsys, "serve", "--port", "70000")

@@ -1,0 +1,46 @@
+"""The job store and the expiry of old videos, without a server."""
+
+from __future__ import annotations
+
+import time
+
+from helios_serve.entrypoints.openai.metrics import ServerMetrics
+from helios_serve.entrypoints.openai.serving_video import VideoService
+from helios_serve.jobs.storage import JobFiles, is_job_id, new_job_id
+from helios_serve.jobs.store import JobRecord, JobStore
+
+
+def record(job_id: str, **changes) -> JobRecord:
+    values = dict(id=job_id, model="helios-tiny", prompt="p", status="completed", created_at=0, request={"prompt": "p"},
+                  width=64, height=64, num_frames=33, fps=24, total_chunks=1)
+    return JobRecord(**{**values, **changes})
+
+
+def test_expired_videos_are_deleted_with_their_files(tmp_path):
+    files = JobFiles(tmp_path)
+    store = JobStore(files.database)
+    service = VideoService(None, files, store, "helios-tiny", ServerMetrics(), retention_s=60)
+    old, fresh = new_job_id(), new_job_id()
+    now = int(time.time())
+    for job_id, expires in ((old, now - 1), (fresh, now + 3600)):
+        store.insert(record(job_id, expires_at=expires))
+        files.job_dir(job_id, create=True)
+        files.video(job_id).write_bytes(b"mp4")
+    assert service.delete_expired() == 1
+    assert store.get(old) is None and not files.job_dir(old).exists()
+    assert store.get(fresh) is not None and files.video(fresh).exists()
+
+
+def test_store_round_trip_and_pages(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    ids = [new_job_id() for _ in range(5)]
+    for job_id in ids:
+        store.insert(record(job_id, status="queued", timings={"queue_time_s": 0.5}))
+    store.update(ids[0], status="in_progress", chunks_completed=1)
+    assert store.get(ids[0]).status == "in_progress" and store.get(ids[0]).timings == {"queue_time_s": 0.5}
+    page, more = store.page(None, 2, "desc")
+    assert [r.id for r in page] == ids[::-1][:2] and more
+    page, more = store.page(ids[1], 10, "asc")
+    assert [r.id for r in page] == ids[2:] and not more
+    assert [r.id for r in store.with_status(("in_progress",))] == [ids[0]]
+    assert is_job_id(ids[0]) and not is_job_id("../" + ids[0]) and not is_job_id(ids[0] + "/x")
