@@ -17,48 +17,27 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 
-from ..config import EngineConfig
-from ..model_executor.model_runner import RunnerConfig
 from ..model_executor.step_io import RequestSpec
 from ..outputs import VideoChunkOutput
 from ..request import Request, RequestStatus
 from ..sampling_params import VideoSamplingParams
 from .engine import raise_for_status
-from .engine_core import EngineCore
+from .engine_core import EngineFront
 
 _FINISHED = object()  # end-of-stream marker on a request's queue
 logger = logging.getLogger(__name__)
 
 
-class AsyncHeliosEngine:
-    def __init__(
-        self,
-        model: str = "helios-tiny",
-        device: str | None = None,
-        dtype: str | None = None,
-        engine_config: EngineConfig | None = None,
-        **engine_options,
-    ):
-        engine_config = engine_config or EngineConfig(**engine_options)
-        self.core = EngineCore(RunnerConfig(model=model, device=device, dtype=dtype), engine_config)
-        self.model = model
+class AsyncHeliosEngine(EngineFront):
+    def __init__(self, *args, **kwargs):
+        """The same options as HeliosEngine; starts the background step thread."""
+        super().__init__(*args, **kwargs)
         self._wake = threading.Event()
         # request id -> (its request, the loop of its consumer, its chunk queue)
         self._streams: dict[str, tuple[Request, asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="helios-engine", daemon=True)
         self._thread.start()
-
-    @property
-    def variant(self):
-        return self.core.executor.variant
-
-    @property
-    def stats(self):
-        return self.core.stats
-
-    def resolve(self, prompt: str, params: VideoSamplingParams) -> RequestSpec:
-        return params.resolve(prompt, self.variant, has_vae=self.core.executor.has_vae)
 
     # -- requests ----------------------------------------------------------------------------
     def add_request(

@@ -16,13 +16,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..config import EngineConfig
 from ..errors import RequestCancelledError, RequestFailedError
-from ..model_executor.model_runner import RunnerConfig
 from ..outputs import VideoChunkOutput, VideoOutput
 from ..request import Request, RequestStatus
 from ..sampling_params import VideoSamplingParams
-from .engine_core import EngineCore
+from .engine_core import EngineFront
 
 ProgressCallback = Callable[[str, int, int], None]
 """(request_id, units_done, units_total): units are encodes, steps, transitions and decodes."""
@@ -36,31 +34,7 @@ def raise_for_status(request: Request) -> None:
         raise RequestCancelledError(f"request {request.request_id} did not finish: {reason}")
 
 
-class HeliosEngine:
-    def __init__(
-        self,
-        model: str = "helios-tiny",
-        device: str | None = None,
-        dtype: str | None = None,
-        engine_config: EngineConfig | None = None,
-        **engine_options,
-    ):
-        """``engine_options`` are EngineConfig fields (max_rows_per_forward=4, policy="deadline", ...)."""
-        engine_config = engine_config or EngineConfig(**engine_options)
-        self.core = EngineCore(RunnerConfig(model=model, device=device, dtype=dtype), engine_config)
-        self.model = model
-
-    @property
-    def variant(self):
-        return self.core.executor.variant
-
-    @property
-    def stats(self):
-        return self.core.stats
-
-    def resolve(self, prompt: str, params: VideoSamplingParams):
-        return params.resolve(prompt, self.variant, has_vae=self.core.executor.has_vae)
-
+class HeliosEngine(EngineFront):
     def generate(
         self,
         prompts: str | Sequence[str],

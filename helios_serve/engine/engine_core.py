@@ -100,3 +100,32 @@ class EngineCore:
             stats.batch_size_counts[result.num_rows] = stats.batch_size_counts.get(result.num_rows, 0) + 1
         for listener in self.step_listeners:
             listener(seconds, result.num_rows)
+
+
+class EngineFront:
+    """What the sync and async engines share: an EngineCore built from a few options."""
+
+    def __init__(
+        self,
+        model: str = "helios-tiny",
+        device: str | None = None,
+        dtype: str | None = None,
+        engine_config: EngineConfig | None = None,
+        **engine_options,
+    ):
+        """``engine_options`` are EngineConfig fields (max_rows_per_forward=4, policy="deadline", ...)."""
+        engine_config = engine_config or EngineConfig(**engine_options)
+        self.core = EngineCore(RunnerConfig(model=model, device=device, dtype=dtype), engine_config)
+        self.model = model
+
+    @property
+    def variant(self):
+        return self.core.executor.variant
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.core.stats
+
+    def resolve(self, prompt: str, params) -> RequestSpec:
+        """Validate a prompt and VideoSamplingParams against this model; ValueError names the field."""
+        return params.resolve(prompt, self.variant, has_vae=self.core.executor.has_vae)
