@@ -52,7 +52,10 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
+        # GPU hosts: CUDA torch usually brings triton; CPU tests run the kernels in triton's interpreter.
+        "triton": ["triton>=3.6,<3.10"],
         "test": [
+            "triton>=3.6,<3.10",
             "pytest>=8",
             "psutil>=5",
             "httpx>=0.27",

@@ -74,6 +74,8 @@ def _add_generate_parser(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="torch device; auto is cuda when available, else cpu")
     parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
                         help="transformer dtype; auto is bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--kernels", choices=("auto", "triton", "native"), default="auto",
+                        help="elementwise kernels; auto is triton on CUDA, native elsewhere")
     parser.set_defaults(handler=_run_generate)
 
 

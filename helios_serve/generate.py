@@ -45,6 +45,7 @@ def run_generate(args: argparse.Namespace) -> int:
         model=args.model,
         device=None if args.device == "auto" else args.device,
         dtype=None if args.dtype == "auto" else args.dtype,
+        kernels=None if args.kernels == "auto" else args.kernels,
     )
     spec = engine.resolve(args.prompt, params)  # validate before opening the output file
     fps = params.fps or engine.variant.default_fps

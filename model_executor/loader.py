@@ -126,12 +126,16 @@ def default_batch_invariance(device, batch_invariant: bool | None) -> bool:
 
 
 def load_transformer(
-    path, dtype: torch.dtype = torch.bfloat16, device="cpu", batch_invariant: bool | None = None
+    path, dtype: torch.dtype = torch.bfloat16, device="cpu", batch_invariant: bool | None = None,
+    kernels: str | None = None,
 ) -> HeliosTransformer:
+    from .layers.ops import default_backend
+
     folder = resolve_transformer_folder(path)
     config = HeliosTransformerConfig.from_json_file(folder / CONFIG_NAME)
     with torch.device("meta"):
-        model = HeliosTransformer(config, default_batch_invariance(device, batch_invariant))
+        model = HeliosTransformer(config, default_batch_invariance(device, batch_invariant),
+                                  kernels or default_backend(device))
     expected = checkpoint_shapes(model)
     files = _checkpoint_files(folder)
     missing, unexpected = set(expected) - set(files), set(files) - set(expected)

@@ -34,6 +34,8 @@ class RunnerConfig:
     dtype: str | None = None
     """Transformer and text-encoder dtype; None is bfloat16 on CUDA, float32 on CPU."""
     text_cache_size: int = 64
+    kernels: str | None = None
+    """Elementwise kernels: "triton" or "native"; None is triton on CUDA (when installed), else native."""
 
     def resolved_device(self) -> torch.device:
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -59,14 +61,18 @@ class ModelRunner:
         if location in TINY_MODELS:
             from .models.tiny import tiny_text_encoder, tiny_variant
 
-            transformer = HeliosTransformer.from_preset("helios-tiny", dtype=self.dtype, device=self.device)
+            transformer = HeliosTransformer.from_preset(
+                "helios-tiny", dtype=self.dtype, device=self.device, kernels=config.kernels
+            )
             text_encoder = tiny_text_encoder(self.device, self.dtype, config.text_cache_size)
             return tiny_variant(location), transformer, text_encoder, None
         from .models.text_encoder import TextEncoder
 
         root = Path(location)
         variant = read_variant(root)
-        transformer = HeliosTransformer.from_pretrained(root / "transformer", dtype=self.dtype, device=self.device)
+        transformer = HeliosTransformer.from_pretrained(
+            root / "transformer", dtype=self.dtype, device=self.device, kernels=config.kernels
+        )
         text_encoder = TextEncoder.from_pretrained(root, self.device, self.dtype, cache_size=config.text_cache_size)
         vae = WanVAE.from_pretrained(root / "vae", self.device)  # the VAE runs in fp32 (spec §4.6)
         logger.info("loaded %s (%s variant) from %s", config.model, variant.name, root)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Triton kernels run in Triton's interpreter on CPU machines; it must be chosen before triton
+# is imported. Set HELIOS_TEST_CUDA=1 to test the compiled kernels on a GPU instead.
+if not os.environ.get("HELIOS_TEST_CUDA"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # A tiny config of the released architecture: every code path, a few thousand parameters.
 TINY_REFERENCE_CONFIG = dict(

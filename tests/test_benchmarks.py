@@ -24,3 +24,13 @@ def test_benchmark_throughput_reports_its_figures(tmp_path):
                 "ttfc_s", "peak_rss_mb"):
         assert figures[key] > 0, key
     assert figures["mean_rows_per_forward"] > 1  # the requests' steps were batched
+
+
+def test_kernel_benchmarks_explain_themselves_without_a_gpu():
+    import torch
+
+    for script in sorted((REPO / "benchmarks/kernels").glob("bench_*.py")):
+        assert subprocess.run([sys.executable, str(script), "--help"], capture_output=True).returncode == 0
+        if not torch.cuda.is_available():
+            result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+            assert result.returncode != 0 and "need a CUDA GPU" in result.stderr, script.name

@@ -58,7 +58,7 @@ def test_frames_match_diffusers(tiny_checkpoint, variant, mode):
 
     assert video.frames.shape == expected.shape == (97, SIZE, SIZE, 3)
     difference = np.abs(video.frames.astype(int) - expected.astype(int))
-    print(f"{variant}/{mode}: max {difference.max()} levels, mean {difference.mean():.4f}")
+    print(f"{variant}/{mode}: max {difference.max()} levels, mean {difference.mean():.2e}")
     assert difference.max() <= 2
     assert difference.mean() <= 0.5
 

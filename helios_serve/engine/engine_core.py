@@ -111,11 +111,14 @@ class EngineFront:
         device: str | None = None,
         dtype: str | None = None,
         engine_config: EngineConfig | None = None,
+        kernels: str | None = None,
         **engine_options,
     ):
-        """``engine_options`` are EngineConfig fields (max_rows_per_forward=4, policy="deadline", ...)."""
+        """``engine_options`` are EngineConfig fields (max_rows_per_forward=4, policy="deadline", ...);
+        ``kernels`` picks the transformer's elementwise kernels ("triton", "native"; None: by device)."""
         engine_config = engine_config or EngineConfig(**engine_options)
-        self.core = EngineCore(RunnerConfig(model=model, device=device, dtype=dtype), engine_config)
+        runner = RunnerConfig(model=model, device=device, dtype=dtype, kernels=kernels)
+        self.core = EngineCore(runner, engine_config)
         self.model = model
 
     @property

@@ -33,6 +33,8 @@ def add_serve_parser(subparsers, default_model: str) -> None:
     parser.add_argument("--device", default="auto", help="torch device; auto is cuda when available, else cpu")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                         help="transformer dtype; auto is bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--kernels", default="auto", choices=("auto", "triton", "native"),
+                        help="elementwise kernels of the transformer; auto is triton on CUDA, native elsewhere")
     engine = parser.add_argument_group("engine")
     engine.add_argument("--policy", default="fcfs", choices=("fcfs", "priority", "deadline"), help="scheduling policy")
     engine.add_argument("--max-rows-per-forward", type=int, default=None, help="[derived from the model size]")
@@ -74,6 +76,7 @@ def run_serve(args: argparse.Namespace) -> int:
         model=args.model, data_dir=args.data_dir, api_key=args.api_key, retention_hours=args.retention_hours,
         max_upload_mb=args.max_upload_mb, device=None if args.device == "auto" else args.device,
         dtype=None if args.dtype == "auto" else args.dtype, engine=engine,
+        kernels=None if args.kernels == "auto" else args.kernels,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = f"http://{args.host}:{args.port}"

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .linear import Linear
 from .norm import RMSNorm
-from .rotary import RotaryTable, apply_rotary
+from .rotary import RotaryTable
 
 # Upper bound of the learnable history-key gain (spec §2.7).
 MAX_HISTORY_KEY_SCALE = 10.0
@@ -28,10 +28,12 @@ class SelfAttention(nn.Module):
     """Attention over all tokens (history and noisy) with q/k RMSNorm and 3-D RoPE."""
 
     def __init__(
-        self, dim: int, num_heads: int, eps: float, amplify_history: bool, history_scale_mode: str, batch_invariant: bool
+        self, dim: int, num_heads: int, eps: float, amplify_history: bool, history_scale_mode: str, batch_invariant: bool,
+        ops,
     ):
         super().__init__()
         self.num_heads = num_heads
+        self.ops = ops
         self.to_qkv = Linear(dim, 3 * dim, batch_invariant)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
@@ -43,8 +45,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotary: RotaryTable, num_history: int) -> torch.Tensor:
         q, k, v = self.to_qkv(x).chunk(3, dim=-1)
-        q = apply_rotary(self.norm_q(q).unflatten(-1, (self.num_heads, -1)), rotary)
-        k = apply_rotary(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), rotary)
+        q, k = self.ops.qk_norm_rope(q, k, self.norm_q, self.norm_k, rotary, self.num_heads)
         v = v.unflatten(-1, (self.num_heads, -1))
         if self.history_key_scale is not None and num_history > 0:
             k = self._amplify_history_keys(k, num_history)

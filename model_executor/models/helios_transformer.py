@@ -20,7 +20,8 @@ from ..config import HeliosTransformerConfig
 from ..layers.attention import CrossAttention, SelfAttention
 from ..layers.embeddings import TextProjection, TimeEmbedding
 from ..layers.linear import Linear, gelu_tanh
-from ..layers.norm import AffineLayerNorm, SegmentParams, gated_residual, layer_norm_fp32, modulated_layer_norm
+from ..layers.norm import AffineLayerNorm, SegmentParams
+from ..layers.ops import make_ops
 from ..layers.patch_embed import PatchEmbed
 from ..layers.rotary import RotaryTable, pad_replicate, rotary_table
 
@@ -45,16 +46,17 @@ class FeedForward(nn.Module):
 
 
 class HeliosBlock(nn.Module):
-    def __init__(self, config: HeliosTransformerConfig, batch_invariant: bool):
+    def __init__(self, config: HeliosTransformerConfig, batch_invariant: bool, ops):
         super().__init__()
         dim, heads, eps = config.inner_dim, config.num_attention_heads, config.eps
         self.eps = eps
+        self.ops = ops
         self.guidance_cross_attn = config.guidance_cross_attn
         # shift, scale, gate of self-attention, then shift, scale, gate of the FFN
         # Parameters are filled by the loader or random_init; torch.empty keeps meta construction cheap.
         self.scale_shift_table = nn.Parameter(torch.empty(1, 6, dim))
         self.self_attn = SelfAttention(
-            dim, heads, eps, config.is_amplify_history, config.history_scale_mode, batch_invariant
+            dim, heads, eps, config.is_amplify_history, config.history_scale_mode, batch_invariant, ops
         )
         self.norm2 = AffineLayerNorm(dim, eps) if config.cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, heads, eps, batch_invariant)
@@ -76,26 +78,30 @@ class HeliosBlock(nn.Module):
         )
 
         # 1. Self-attention over history and noisy tokens
-        x = modulated_layer_norm(h, shift1, scale1, num_history, self.eps)
-        h = gated_residual(h, self.self_attn(x, rotary, num_history), gate1, num_history)
+        x = self.ops.modulated_layer_norm(h, shift1, scale1, num_history, self.eps)
+        h = self.ops.gated_residual(h, self.self_attn(x, rotary, num_history), gate1, num_history)
 
         # 2. Cross-attention to the text; only the noisy tokens when guidance_cross_attn
         start = num_history if self.guidance_cross_attn else 0
         queries = h[:, start:]
-        queries = queries + self.cross_attn(self.norm2(queries), text)
+        normed = self.ops.affine_layer_norm(queries, self.norm2.weight, self.norm2.bias, self.eps) \
+            if isinstance(self.norm2, AffineLayerNorm) else queries
+        queries = queries + self.cross_attn(normed, text)
         h = torch.cat([h[:, :start], queries], dim=1) if start else queries
 
         # 3. Feed-forward over all tokens
-        x = modulated_layer_norm(h, shift2, scale2, num_history, self.eps)
-        return gated_residual(h, self.ffn(x), gate2, num_history)
+        x = self.ops.modulated_layer_norm(h, shift2, scale2, num_history, self.eps)
+        return self.ops.gated_residual(h, self.ffn(x), gate2, num_history)
 
 
 class HeliosTransformer(nn.Module):
-    def __init__(self, config: HeliosTransformerConfig, batch_invariant: bool = False):
+    def __init__(self, config: HeliosTransformerConfig, batch_invariant: bool = False, kernels: str = "native"):
         """``batch_invariant``: a sample's output is bitwise independent of its batch mates
-        (per-sample GEMMs; see layers/linear.py). Loaders turn it on for CPU devices."""
+        (per-sample GEMMs; see layers/linear.py). Loaders turn it on for CPU devices.
+        ``kernels``: "native" (PyTorch) or "triton" (fused kernels) for the elementwise paths."""
         super().__init__()
         self.config = config
+        self.ops = make_ops(kernels)
         dim, patch, invariant = config.inner_dim, config.patch_size, batch_invariant
         self.patch_embedding = PatchEmbed(config.in_channels, dim, patch, invariant)
         self.history_patch = nn.ModuleDict(
@@ -103,7 +109,7 @@ class HeliosTransformer(nn.Module):
         )
         self.time_embedding = TimeEmbedding(config.freq_dim, dim, invariant)
         self.text_embedding = TextProjection(config.text_dim, dim, invariant)
-        self.blocks = nn.ModuleList([HeliosBlock(config, invariant) for _ in range(config.num_layers)])
+        self.blocks = nn.ModuleList([HeliosBlock(config, invariant, self.ops) for _ in range(config.num_layers)])
         self.output_scale_shift_table = nn.Parameter(torch.empty(1, 2, dim))
         self.proj_out = Linear(dim, config.out_channels * math.prod(patch), invariant)
 
@@ -112,27 +118,32 @@ class HeliosTransformer(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path, dtype: torch.dtype = torch.bfloat16, device="cpu", batch_invariant: bool | None = None
+        cls, path, dtype: torch.dtype = torch.bfloat16, device="cpu", batch_invariant: bool | None = None,
+        kernels: str | None = None,
     ) -> HeliosTransformer:
         """Load a diffusers-format transformer folder (config.json + safetensors).
 
-        ``batch_invariant`` defaults to True on CPU and False elsewhere.
+        ``batch_invariant`` defaults to True on CPU and False elsewhere; ``kernels`` to "triton"
+        on CUDA (when triton is installed) and "native" elsewhere.
         """
         from ..loader import load_transformer
 
-        return load_transformer(path, dtype=dtype, device=device, batch_invariant=batch_invariant)
+        return load_transformer(path, dtype=dtype, device=device, batch_invariant=batch_invariant, kernels=kernels)
 
     @classmethod
     def from_preset(
-        cls, name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu", batch_invariant=None
+        cls, name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu", batch_invariant=None,
+        kernels: str | None = None,
     ) -> HeliosTransformer:
         """A preset ("helios-tiny", "helios-14b") with deterministic random weights."""
         from ..config import get_preset
+        from ..layers.ops import default_backend
         from ..loader import default_batch_invariance, random_init
 
         # Built on the meta device first: no time is spent on a default init that is overwritten.
         with torch.device("meta"):
-            model = cls(get_preset(name), default_batch_invariance(device, batch_invariant))
+            model = cls(get_preset(name), default_batch_invariance(device, batch_invariant),
+                        kernels or default_backend(device))
         if str(device) != "meta":
             random_init(model, seed, dtype, device)
         return model.eval()
@@ -234,7 +245,8 @@ class HeliosTransformer(nn.Module):
     def _output(self, h: torch.Tensor, temb: torch.Tensor, noisy_shape: torch.Size) -> torch.Tensor:
         # The output norm is modulated by temb (not the six-way modulation).
         shift, scale = (self.output_scale_shift_table + temb.unsqueeze(1)).unbind(1)
-        y = (layer_norm_fp32(h, self.config.eps) * (1 + scale[:, None]) + shift[:, None]).type_as(h)
+        shift, scale = SegmentParams(shift[:, None], shift[:, None]), SegmentParams(scale[:, None], scale[:, None])
+        y = self.ops.modulated_layer_norm(h, shift, scale, 0, self.config.eps)
         y = self.proj_out(y)
         batch, _, frames, height, width = noisy_shape
         patch = self.config.patch_size

@@ -38,6 +38,7 @@ class ServerConfig:
     max_upload_mb: float = 64.0
     device: str | None = None
     dtype: str | None = None
+    kernels: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 

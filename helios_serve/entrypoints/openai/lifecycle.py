@@ -22,7 +22,7 @@ async def load_engine(state) -> None:
     try:
         engine = await asyncio.to_thread(
             AsyncHeliosEngine, model=config.model, device=config.device, dtype=config.dtype,
-            engine_config=config.engine,
+            engine_config=config.engine, kernels=config.kernels,
         )
         engine.core.step_listeners.append(state.metrics.on_step)
         state.engine = engine

@@ -1,0 +1,103 @@
+"""q/k RMSNorm across all heads fused with the 3-D RoPE rotation, q and k in one launch.
+
+Helios normalises q and k over the full hidden width (all heads jointly, with a gain), then
+rotates interleaved channel pairs by per-token angles (the pooled tables of mid/long history
+tokens included). The eager form reads and writes q and k three times (norm, reshape, rotate)
+and materialises fp32 copies; here each row is read once and written once. Rows of q and k
+may be strided (they are column slices of the fused qkv projection).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+
+def rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Rotate interleaved pairs of x [rows, heads * hd] by per-row angles cos/sin [rows, hd / 2] (fp32)."""
+    pairs = x.float().unflatten(-1, (num_heads, -1, 2))
+    even, odd = pairs.unbind(-1)
+    c, s = cos[:, None, :], sin[:, None, :]
+    return torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(1)
+
+
+def qk_norm_rope_ref(q, k, weight_q, weight_k, cos, sin, num_heads: int, eps: float):
+    """Plain PyTorch. q, k [rows, D]; cos, sin [table_rows, hd/2] fp32, row r uses table row r % table_rows."""
+    rows = q.shape[0]
+    table = torch.arange(rows, device=q.device) % cos.shape[0]
+    c, s = cos[table], sin[table]
+    out = []
+    for x, weight in ((q, weight_q), (k, weight_k)):
+        normed = F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps)
+        out.append(rotate_ref(normed, c, s, num_heads).to(x.dtype))
+    return out[0], out[1]
+
+
+if triton is not None:
+
+    @triton.jit
+    def _qk_norm_rope_kernel(
+        Q, K,  # inputs [rows, D], row strides stride_q / stride_k, unit column stride
+        QO, KO,  # outputs [rows, D] contiguous
+        WQ, WK,  # RMSNorm gains [D]
+        COS, SIN,  # fp32 angle tables [table_rows, HALF_HEAD]
+        stride_q,
+        stride_k,
+        table_rows,
+        D,
+        eps,
+        HALF_HEAD: tl.constexpr,
+        BLOCK: tl.constexpr,  # covers D / 2 pairs
+    ):
+        # Program (row, 0) handles the row of q, program (row, 1) the row of k.
+        row = tl.program_id(0)
+        if tl.program_id(1) == 0:
+            x_row, out_row, gain, stride = Q, QO, WQ, stride_q
+        else:
+            x_row, out_row, gain, stride = K, KO, WK, stride_k
+        pair = tl.arange(0, BLOCK)
+        mask = pair < D // 2
+        even = tl.load(x_row + row * stride + 2 * pair, mask=mask, other=0.0).to(tl.float32)
+        odd = tl.load(x_row + row * stride + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
+        # RMS over the whole width: every head of the row together.
+        rstd = 1.0 / tl.sqrt((tl.sum(even * even, axis=0) + tl.sum(odd * odd, axis=0)) / D + eps)
+        even = even * rstd * tl.load(gain + 2 * pair, mask=mask, other=0.0).to(tl.float32)
+        odd = odd * rstd * tl.load(gain + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
+        # Pair p of every head rotates by the token's angle p.
+        angle = (row % table_rows) * HALF_HEAD + pair % HALF_HEAD
+        c = tl.load(COS + angle, mask=mask, other=1.0)
+        s = tl.load(SIN + angle, mask=mask, other=0.0)
+        out_type = out_row.dtype.element_ty
+        tl.store(out_row + row * D + 2 * pair, (even * c - odd * s).to(out_type), mask=mask)
+        tl.store(out_row + row * D + 2 * pair + 1, (even * s + odd * c).to(out_type), mask=mask)
+
+
+def qk_norm_rope(q, k, weight_q, weight_k, cos, sin, num_heads: int, eps: float):
+    """Returns (q, k) normalised and rotated, [rows, D] contiguous in the input dtype."""
+    from .utils import block_size, num_warps
+
+    if q.ndim != 2 or q.shape != k.shape or q.stride(1) != 1 or k.stride(1) != 1:
+        raise ValueError(f"q and k must be [rows, D] with unit column stride, got {tuple(q.shape)}, {tuple(k.shape)}")
+    rows, width = q.shape
+    half_head = width // num_heads // 2
+    if width % (2 * num_heads):
+        raise ValueError(f"width {width} is not {num_heads} heads of an even size")
+    for name, table in (("cos", cos), ("sin", sin)):
+        if table.dtype != torch.float32 or table.shape[1] != half_head or not table.is_contiguous():
+            raise ValueError(f"{name} must be contiguous fp32 [table_rows, {half_head}], got {table.dtype} "
+                             f"{tuple(table.shape)}")
+        if rows % table.shape[0]:
+            raise ValueError(f"{rows} rows do not repeat the {table.shape[0]} table rows")
+    q_out = torch.empty((rows, width), dtype=q.dtype, device=q.device)
+    k_out = torch.empty_like(q_out)
+    block = block_size(width // 2)
+    _qk_norm_rope_kernel[(rows, 2)](q, k, q_out, k_out, weight_q.contiguous(), weight_k.contiguous(), cos, sin,
+                                    q.stride(0), k.stride(0), cos.shape[0], width, eps, HALF_HEAD=half_head,
+                                    BLOCK=block, num_warps=num_warps(block))
+    return q_out, k_out
