@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .model_executor.checkpoint import ModelVariant
@@ -121,5 +121,3 @@ class VideoSamplingParams:
             decoder=decoder,
         )
 
-
-FIELD_NAMES = tuple(f.name for f in fields(VideoSamplingParams))

@@ -58,10 +58,6 @@ class RequestState:
         return self.step_index >= self.schedule.num_steps
 
     @property
-    def is_last_stage(self) -> bool:
-        return self.stage_index == len(self.spec.stage_steps) - 1
-
-    @property
     def is_finished(self) -> bool:
         return self.chunk_index >= self.spec.num_chunks
 

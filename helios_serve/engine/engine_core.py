@@ -26,11 +26,6 @@ class EngineStats:
     batch_size_counts: dict[int, int] = field(default_factory=dict)
     """Rows per forward -> number of forwards (a histogram, bounded in size)."""
 
-    @property
-    def overhead_seconds(self) -> float:
-        """Engine time outside the model: scheduling, bookkeeping, dispatch."""
-        return self.step_seconds - self.model_seconds
-
 
 @dataclass
 class StepOutput:

@@ -12,10 +12,6 @@ import torch
 SPATIAL_SCALE, TEMPORAL_SCALE = 8, 4
 
 
-def num_decoded_frames(num_latent_frames: int) -> int:
-    return 1 + TEMPORAL_SCALE * (num_latent_frames - 1)
-
-
 class WanVAE:
     """diffusers' AutoencoderKLWan with the checkpoint's latent statistics."""
 
