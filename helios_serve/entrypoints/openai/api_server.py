@@ -123,14 +123,14 @@ def build_app(config: ServerConfig) -> FastAPI:
     async def create_video(request: Request) -> JSONResponse:
         service = state.require_service()
         body, uploads = await parse_create_request(request)
-        record = service.create(body, uploads)
+        record = await service.create(body, uploads)
         return JSONResponse(service.view(record).model_dump(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
 
     @app.post("/v1/videos/sync", dependencies=auth, response_class=FileResponse, openapi_extra=CREATE_BODY_SCHEMA)
     async def create_video_sync(request: Request):
         service = state.require_service()
         body, uploads = await parse_create_request(request)
-        record = service.create(body, uploads)
+        record = await service.create(body, uploads)
         events = service.subscribe(record.id)
         try:
             while service.get(record.id).status not in ("completed", "failed"):

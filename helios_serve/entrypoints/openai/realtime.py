@@ -66,7 +66,7 @@ class Session:
             fields = {k: v for k, v in message.items() if k not in SESSION_FIELDS_IGNORED}
             if "width" in fields or "height" in fields:
                 fields["size"] = f"{fields.pop('width', 0)}x{fields.pop('height', 0)}"
-            record = service.create(VideoCreateRequest.model_validate(fields), {})
+            record = await service.create(VideoCreateRequest.model_validate(fields), {})
         except ValidationError as exc:
             first = exc.errors()[0]
             await _error_and_close(self.websocket, "invalid_value", f"{'.'.join(map(str, first['loc']))}: {first['msg']}")

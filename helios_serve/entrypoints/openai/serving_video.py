@@ -46,24 +46,28 @@ class VideoService:
         self._listeners: dict[str, set[asyncio.Queue]] = {}
 
     # -- creating ------------------------------------------------------------------------------
-    def create(self, request: VideoCreateRequest, uploads: dict[str, bytes]) -> JobRecord:
+    async def create(self, request: VideoCreateRequest, uploads: dict[str, bytes]) -> JobRecord:
         """Validate, submit to the engine, record and start the job. Raises ApiError (4xx)."""
         if request.model is not None and request.model != self.model_name:
             raise ApiError(404, "model_not_found", f"this server serves {self.model_name!r}, not {request.model!r}",
                            "model")
         job_id = new_job_id()
         stored = request.model_dump(exclude_none=True, exclude={"input_reference", "video_reference", "extra_params"})
-        try:
-            for name, data in uploads.items():  # kept with the job, so a resumed job finds them
-                self.files.input(job_id, name).write_bytes(data)
-            spec = self._spec(job_id, stored)
-        except ValueError as exc:
-            self.files.remove(job_id)
-            raise ApiError(422, "invalid_value", str(exc)) from exc
+        # Decoding uploads can take a while: off the event loop, so other clients are not held up.
+        spec = await asyncio.to_thread(self._prepare, job_id, stored, uploads)
         record = self._new_record(job_id, request, stored, spec)
         self._submit(record, spec)  # raises 429 when the queue is full: nothing is recorded then
         self.store.insert(record)
         return record
+
+    def _prepare(self, job_id: str, stored: dict, uploads: dict[str, bytes]) -> RequestSpec:
+        try:
+            for name, data in uploads.items():  # kept with the job, so a resumed job finds them
+                self.files.input(job_id, name).write_bytes(data)
+            return self._spec(job_id, stored)
+        except ValueError as exc:
+            self.files.remove(job_id)
+            raise ApiError(422, "invalid_value", str(exc)) from exc
 
     def _spec(self, job_id: str, fields: dict) -> RequestSpec:
         """The engine spec of a job, from its stored fields and input files (also on resume)."""
@@ -81,7 +85,10 @@ class VideoService:
         if image.exists():
             params = params.with_updates(image=decode_image(image.read_bytes()))
         if video.exists():
-            params = params.with_updates(video=decode_video(video))
+            frames = decode_video(video)
+            if len(frames) < 33:
+                raise ValueError(f"video_reference needs at least 33 frames (one chunk), got {len(frames)}")
+            params = params.with_updates(video=frames)
         return dataclasses.replace(self.engine.resolve(fields["prompt"], params), resumable=True)
 
     def _new_record(self, job_id: str, request: VideoCreateRequest, stored: dict, spec: RequestSpec) -> JobRecord:
