@@ -17,6 +17,7 @@ def layer_norm_ref(x, weight, bias, eps: float) -> torch.Tensor:
 
 
 if triton is not None:
+    from .utils import centred_row
 
     @triton.jit
     def _layer_norm_kernel(
@@ -31,11 +32,7 @@ if triton is not None:
     ):
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
-        mask = cols < N
-        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=0) / N
-        centred = tl.where(mask, x - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / N + eps)
+        centred, rstd, mask = centred_row(X, row, stride_x, N, eps, BLOCK)
         w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
         tl.store(Y + row * N + cols, (centred * rstd * w + b).to(Y.dtype.element_ty), mask=mask)

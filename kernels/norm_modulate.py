@@ -28,6 +28,7 @@ def norm_modulate_ref(x, shift, scale, index, eps: float) -> torch.Tensor:
 
 
 if triton is not None:
+    from .utils import centred_row
 
     @triton.jit
     def _norm_modulate_kernel(
@@ -45,11 +46,7 @@ if triton is not None:
         # Map the program id to the row of X and Y it computes.
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
-        mask = cols < N
-        x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.sum(x, axis=0) / N
-        centred = tl.where(mask, x - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / N + eps)
+        centred, rstd, mask = centred_row(X, row, stride_x, N, eps, BLOCK)
         entry = tl.load(INDEX + row)
         shift = tl.load(SHIFT + entry * stride_table + cols, mask=mask, other=0.0)
         scale = tl.load(SCALE + entry * stride_table + cols, mask=mask, other=0.0)

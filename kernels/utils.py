@@ -41,3 +41,23 @@ def check_table(table: torch.Tensor, width: int, name: str) -> None:
 def check_index(index: torch.Tensor, rows: int, table_rows: int, name: str = "index") -> None:
     if index.ndim != 1 or index.numel() != rows or index.dtype != torch.int32:
         raise ValueError(f"{name} must be int32 [{rows}], got {index.dtype} {tuple(index.shape)}")
+
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def centred_row(X, row, stride, N, eps, BLOCK: tl.constexpr):
+        """Load row ``row`` of X as fp32; return (x - mean, 1 / std, column mask): LayerNorm statistics."""
+        cols = tl.arange(0, BLOCK)
+        mask = cols < N
+        x = tl.load(X + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / N
+        centred = tl.where(mask, x - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / N + eps)
+        return centred, rstd, mask
