@@ -114,3 +114,11 @@ def test_models_health_ready_metrics(server):
                  "helios_chunk_seconds", "helios_time_to_first_chunk_seconds", "helios_realtime_factor",
                  "helios_requests_cancelled_total", "helios_requests_failed_total", "helios_frames_generated_total"):
         assert name in metrics, name
+
+
+def test_jobs_without_a_seed_get_their_own(server):
+    a, b = (httpx.post(f"{server.api}/videos", json={"prompt": "same prompt", "num_frames": 1, **SMALL}).json()
+            for _ in range(2))
+    assert a["seed"] != b["seed"]
+    given = httpx.post(f"{server.api}/videos", json={"prompt": "p", "num_frames": 1, "seed": 42, **SMALL}).json()
+    assert given["seed"] == 42

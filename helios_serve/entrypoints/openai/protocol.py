@@ -118,6 +118,8 @@ class VideoObject(BaseModel):
     remixed_from_video_id: str | None = None
     num_frames: int
     fps: int
+    seed: int | None = None
+    """The seed used (a random one when the request gave none): reuse it to get the same video."""
     chunks_completed: int
     total_chunks: int
     queue_time_s: float | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 import time
 
 import numpy as np
@@ -53,10 +54,17 @@ class VideoService:
                            "model")
         job_id = new_job_id()
         stored = request.model_dump(exclude_none=True, exclude={"input_reference", "video_reference", "extra_params"})
+        # Without a seed each job gets its own, recorded with the job: reported back, and a
+        # resumed job continues with the same one.
+        stored.setdefault("seed", secrets.randbelow(2**31))
         # Decoding uploads can take a while: off the event loop, so other clients are not held up.
         spec = await asyncio.to_thread(self._prepare, job_id, stored, uploads)
         record = self._new_record(job_id, request, stored, spec)
-        self._submit(record, spec)  # raises 429 when the queue is full: nothing is recorded then
+        try:
+            self._submit(record, spec)  # 429 when the queue is full: nothing is recorded then
+        except ApiError:
+            self.files.remove(job_id)
+            raise
         self.store.insert(record)
         return record
 
@@ -219,6 +227,7 @@ class VideoService:
             completed_at=record.completed_at, expires_at=record.expires_at,
             seconds=f"{record.num_frames / record.fps:g}", size=f"{record.width}x{record.height}",
             prompt=record.prompt, error=error, num_frames=record.num_frames, fps=record.fps,
+            seed=record.request.get("seed"),
             chunks_completed=record.chunks_completed, total_chunks=record.total_chunks,
             queue_time_s=timings.get("queue_time_s"), time_to_first_chunk_s=timings.get("time_to_first_chunk_s"),
             inference_time_s=timings.get("inference_time_s"),
