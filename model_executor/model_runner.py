@@ -113,18 +113,9 @@ class ModelRunner:
     def next_stage(self, request_id: str) -> None:
         self.procedure.next_stage(self.requests[request_id])
 
-    def denoise_step(self, request_ids: list[str]) -> None:
-        """One denoising step of each request, all rows (CFG included) in one transformer forward.
-
-        The requests' next forwards must share their token geometry (noisy-chunk resolution).
-        """
-        states = [self.requests[r] for r in request_ids]
-        for state, velocities in zip(states, self._forward(states)):
-            self.procedure.apply_model_output(state, velocities)
-
-    @torch.inference_mode()
     def _forward(self, states: list[RequestState]) -> list[list[torch.Tensor]]:
-        """The batched transformer call; touches no request state. Returns each request's rows."""
+        """One transformer call for every row of these requests (their next forwards must share a
+        token geometry); touches no request state. Returns each request's rows."""
         rows = [(state, text) for state in states for text in self.procedure.model_rows(state)]
         velocity = self.transformer(
             hidden_states=torch.cat([s.latents.to(self.dtype) for s, _ in rows]),
@@ -165,6 +156,7 @@ class ModelRunner:
         return DecodedChunk(request_id, chunk_index, frames.numpy(), snapshot)
 
     # -- one engine step -------------------------------------------------------------------
+    @torch.inference_mode()
     def execute(self, plan: StepPlan) -> StepResult:
         """Run a step's units. A failing unit fails only its own request (its state is dropped)."""
         started = time.perf_counter()

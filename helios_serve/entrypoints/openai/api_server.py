@@ -166,8 +166,7 @@ def build_app(config: ServerConfig) -> FastAPI:
     @app.delete("/v1/videos/{video_id}", dependencies=auth, response_model=VideoDeleted)
     async def delete_video(video_id: str) -> VideoDeleted:
         service = state.require_service()
-        await service.delete(video_id)
-        state.metrics.cancelled.inc()
+        await service.delete(video_id)  # a running job is counted as cancelled by its task
         return VideoDeleted(id=video_id)
 
     @app.get("/v1/videos/{video_id}/content", dependencies=auth, response_class=FileResponse)
