@@ -57,11 +57,11 @@ class HeliosEngine(EngineFront):
             if on_chunk:
                 on_chunk(chunk)
 
-        finished = {r.request_id: r for r in self._run(requests, collect, on_progress)}
+        self._run(requests, collect, on_progress)
         outputs = []
         for request, prompt, sp in zip(requests, prompts, param_list):
-            raise_for_status(finished[request.request_id])
-            elapsed = finished[request.request_id].finished_time - request.arrival_time
+            raise_for_status(request)
+            elapsed = request.finished_time - request.arrival_time
             fps = sp.fps or self.variant.default_fps
             video = np.concatenate(frames[request.request_id])
             outputs.append(VideoOutput(request.request_id, prompt, video, fps, request.spec.num_chunks, elapsed))
@@ -85,25 +85,16 @@ class HeliosEngine(EngineFront):
             if not request.status.is_finished:  # the consumer stopped early
                 self.core.abort_request(request.request_id)
 
-    def _run(self, requests: list[Request], on_chunk, on_progress) -> list[Request]:
-        """Step the engine until these requests are finished; returns them as they finish."""
-        pending = {r.request_id for r in requests}
+    def _run(self, requests: list[Request], on_chunk, on_progress) -> None:
+        """Step the engine until these requests are finished (the scheduler updates their status)."""
         by_id = {r.request_id: r for r in requests}
-        finished = []
-        while pending:
-            output = self.core.step()
-            for chunk in output.chunks:
+        while active := [r for r in requests if not r.status.is_finished]:
+            for chunk in self.core.step().chunks:
                 if chunk.request_id in by_id:
                     on_chunk(self._chunk_output(by_id[chunk.request_id], chunk))
             if on_progress:
-                for request_id in pending:
-                    request = by_id[request_id]
-                    on_progress(request_id, request.units_done, request.total_units)
-            for request in output.finished:
-                if request.request_id in pending:
-                    pending.discard(request.request_id)
-                    finished.append(request)
-        return finished
+                for request in active:  # including those that just finished: their last report is 100%
+                    on_progress(request.request_id, request.units_done, request.total_units)
 
     @staticmethod
     def _chunk_output(request: Request, chunk) -> VideoChunkOutput:

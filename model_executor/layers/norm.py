@@ -59,16 +59,20 @@ def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: SegmentParams, num_hi
 
 
 class AffineLayerNorm(nn.Module):
-    """LayerNorm with weight and bias, computed in fp32 (the cross-attention input norm)."""
+    """LayerNorm with weight and bias, computed in fp32 (the cross-attention input norm).
 
-    def __init__(self, dim: int, eps: float):
+    ``ops`` (layers/ops.py) supplies the implementation: native PyTorch or the Triton kernel.
+    """
+
+    def __init__(self, dim: int, eps: float, ops):
         super().__init__()
         self.eps = eps
+        self.ops = ops
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm_fp32(x, self.eps, self.weight, self.bias).type_as(x)
+        return self.ops.affine_layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class RMSNorm(nn.Module):

@@ -40,23 +40,27 @@ class TritonOps(NativeOps):
         self.kernels = kernels
 
     @staticmethod
-    def _tables(params: SegmentParams, batch: int, tokens: int, num_history: int):
-        """Per-sample [history, noisy] rows as one fp32 table, and each token row's index into it."""
+    def _table(params: SegmentParams, batch: int) -> torch.Tensor:
+        """Per-sample [history, noisy] rows as one fp32 table [2 * batch, D]."""
         history = params.history.float().expand(batch, 1, -1)
         noisy = params.noisy.float().expand(batch, 1, -1)
-        table = torch.cat([history, noisy], dim=1).reshape(2 * batch, -1).contiguous()
-        is_noisy = (torch.arange(tokens, device=table.device) >= num_history).to(torch.int32)
-        index = (2 * torch.arange(batch, device=table.device, dtype=torch.int32)[:, None] + is_noisy[None])
-        return table, index.reshape(-1)
+        return torch.cat([history, noisy], dim=1).reshape(2 * batch, -1).contiguous()
+
+    @staticmethod
+    def _row_index(x: torch.Tensor, num_history: int) -> torch.Tensor:
+        """Each token row's row in ``_table``: 2 b for sample b's history tokens, 2 b + 1 for its noisy ones."""
+        batch, tokens = x.shape[:2]
+        is_noisy = (torch.arange(tokens, device=x.device) >= num_history).to(torch.int32)
+        return (2 * torch.arange(batch, device=x.device, dtype=torch.int32)[:, None] + is_noisy[None]).reshape(-1)
 
     def modulated_layer_norm(self, x, shift, scale, num_history, eps):
-        shift_table, index = self._tables(shift, x.shape[0], x.shape[1], num_history)
-        scale_table, _ = self._tables(scale, x.shape[0], x.shape[1], num_history)
-        return self.kernels.norm_modulate(x, shift_table, scale_table, index, eps)
+        batch = x.shape[0]
+        return self.kernels.norm_modulate(
+            x, self._table(shift, batch), self._table(scale, batch), self._row_index(x, num_history), eps
+        )
 
     def gated_residual(self, h, y, gate, num_history):
-        gate_table, index = self._tables(gate, h.shape[0], h.shape[1], num_history)
-        return self.kernels.gated_residual(h, y, gate_table, index)
+        return self.kernels.gated_residual(h, y, self._table(gate, h.shape[0]), self._row_index(h, num_history))
 
     def affine_layer_norm(self, x, weight, bias, eps):
         return self.kernels.layer_norm(x, weight, bias, eps)

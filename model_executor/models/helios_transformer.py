@@ -58,7 +58,7 @@ class HeliosBlock(nn.Module):
         self.self_attn = SelfAttention(
             dim, heads, eps, config.is_amplify_history, config.history_scale_mode, batch_invariant, ops
         )
-        self.norm2 = AffineLayerNorm(dim, eps) if config.cross_attn_norm else nn.Identity()
+        self.norm2 = AffineLayerNorm(dim, eps, ops) if config.cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, heads, eps, batch_invariant)
         self.ffn = FeedForward(dim, config.ffn_dim, batch_invariant)
 
@@ -84,9 +84,7 @@ class HeliosBlock(nn.Module):
         # 2. Cross-attention to the text; only the noisy tokens when guidance_cross_attn
         start = num_history if self.guidance_cross_attn else 0
         queries = h[:, start:]
-        normed = self.ops.affine_layer_norm(queries, self.norm2.weight, self.norm2.bias, self.eps) \
-            if isinstance(self.norm2, AffineLayerNorm) else queries
-        queries = queries + self.cross_attn(normed, text)
+        queries = queries + self.cross_attn(self.norm2(queries), text)
         h = torch.cat([h[:, :start], queries], dim=1) if start else queries
 
         # 3. Feed-forward over all tokens
