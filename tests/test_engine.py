@@ -87,7 +87,7 @@ def test_a_failing_forward_fails_only_its_request(monkeypatch):
                 for name, s in (("fine", 1), ("poison", 2), ("also fine", 3))}
     engine = HeliosEngine()
     runner = engine.core.executor.runner
-    real_forward = runner._forward
+    real_forward = runner.forward
     bad_text = runner.text_encoder.encode("poison")
 
     def forward(states):
@@ -95,7 +95,7 @@ def test_a_failing_forward_fails_only_its_request(monkeypatch):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return real_forward(states)
 
-    monkeypatch.setattr(runner, "_forward", forward)
+    monkeypatch.setattr(runner, "forward", forward)
     frames, finished = run_to_completion(engine, requests)
     assert finished["poison"].status is RequestStatus.FINISHED_FAILED
     assert "illegal memory access" in finished["poison"].error and frames["poison"] is None

@@ -1,0 +1,280 @@
+"""Our Helios executor behind vLLM-Omni's diffusion pipeline interface.
+
+vLLM-Omni drives a pipeline in one of two modes:
+- request mode: ``forward(batch)`` generates whole videos;
+- step mode (``--step-execution``, with ``--max-num-seqs N`` for continuous batching): its
+  runner calls ``prepare_encode`` once per request, then for every engine step
+  ``denoise_step`` over the running requests, ``step_scheduler`` per request, and
+  ``post_decode`` at the end of each chunk (with ``--diffusion-streaming-output``) or of the
+  request.
+
+Both modes run on our ModelRunner's per-request units (text encoding, chunk start, batched
+forward, sampler step, stage transition, chunk decode). Unlike vLLM-Omni's built-in Helios,
+one step batches requests at *different* timesteps and pyramid stages: the transformer takes
+a per-sample timestep, and requests whose latents differ in size (different stages) get one
+forward per size.
+
+The runner gathers every request's ``state.latents`` into one tensor by rows, so each
+request's latents are kept there flattened and zero-padded to the size of a full-resolution
+chunk (one row per request); requests of one batch share height and width (vLLM-Omni's batch
+key), so the rows line up whatever stage each request is in. ``noise_pred`` holds the guided
+velocities the same way. Everything else of a request (history, sampler, generator) lives in
+``state.extra``, so it is dropped with the state when vLLM-Omni finishes or aborts the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from vllm_omni.diffusion.data import DiffusionOutput
+from vllm_omni.diffusion.distributed.utils import get_local_device
+from vllm_omni.diffusion.worker.input_batch import InputBatch
+from vllm_omni.diffusion.worker.utils import StepRequestState
+from vllm_omni.errors import OmniClientError
+
+from ...model_executor.checkpoint import read_variant, resolve_model
+from ...model_executor.model_runner import ModelRunner, RunnerConfig
+from ...model_executor.request_state import LATENT_CHANNELS, RequestState
+from ...model_executor.step_io import LATENT_FRAMES_PER_CHUNK, RequestSpec
+from ..request_fields import request_spec
+
+logger = logging.getLogger(__name__)
+
+HELIOS = "helios_serve.state"
+"""Key of our RequestState in ``StepRequestState.extra``."""
+FAILURE = "helios_serve.failure"
+BATCH_STATS = "helios_serve.batch"
+"""The largest forward a request shared, and whether its batch mates were at other timesteps."""
+DONE_FRAMES = "helios_serve.frames"
+"""Decoded chunks kept for the final output when chunks are not streamed."""
+
+
+def request_fields(prompt: Any, sampling: Any) -> tuple[str, dict[str, Any]]:
+    """The prompt and Helios fields of a vLLM-Omni request (see README: vLLM-Omni fields)."""
+    if isinstance(prompt, dict):
+        text = prompt.get("prompt")
+        media = prompt.get("multi_modal_data") or {}
+        fields = {"negative_prompt": prompt.get("negative_prompt"), "image": media.get("image"), "video": media.get("video")}
+    else:
+        text, fields = prompt, {}
+    fields.update(dict(getattr(sampling, "extra_args", None) or {}))
+    for name in ("num_frames", "height", "width", "seed", "num_inference_steps"):
+        if getattr(sampling, name, None) is not None:
+            fields[name] = getattr(sampling, name)
+    if getattr(sampling, "guidance_scale_provided", False):
+        fields["guidance_scale"] = sampling.guidance_scale
+    return text, fields
+
+
+def get_pre_process_func(od_config):
+    """Runs before a request is queued: rejects bad requests (HTTP 400), fixes the random
+    seed and the steps, and keys batches by size."""
+    variant = read_variant(Path(resolve_model(od_config.model)))
+
+    def pre_process(request):
+        sampling = request.sampling_params
+        text, fields = request_fields(request.prompt, sampling)
+        try:
+            spec = request_spec(text, fields, variant, has_vae=True)
+        except ValueError as exc:
+            raise OmniClientError(str(exc)) from None
+        sampling.seed = spec.seed
+        # The steps per stage are pinned here because num_inference_steps is taken over for
+        # vLLM-Omni's step scheduler, which counts a request's denoising forwards in it.
+        sampling.extra_args = {**(sampling.extra_args or {}), "pyramid_num_inference_steps_list": list(spec.stage_steps)}
+        sampling.num_inference_steps = _num_forwards(spec)
+        # The packed latent rows (see the module docstring) need equal sizes in a batch.
+        request.batch_compatibility_key = ("helios-serve", spec.height, spec.width)
+        return request
+
+    return pre_process
+
+
+def get_post_process_func(od_config):
+    """Our outputs are already uint8 frames [1, T, H, W, 3]; hand them on exactly."""
+
+    def post_process(video: torch.Tensor, **kwargs) -> np.ndarray:
+        return video.cpu().numpy()
+
+    return post_process
+
+
+class HeliosServePipeline(nn.Module):
+    supports_step_execution: ClassVar[bool] = True
+    _dit_modules: ClassVar[list[str]] = ["transformer"]
+    _encoder_modules: ClassVar[list[str]] = ["text_encoder"]
+    _vae_modules: ClassVar[list[str]] = ["vae"]
+
+    def __init__(self, *, od_config, prefix: str = ""):
+        super().__init__()
+        self.od_config = od_config
+        dtype = str(od_config.dtype).removeprefix("torch.") if od_config.dtype is not None else None
+        # vLLM-Omni builds pipelines under its dtype as torch's default; our executor gives
+        # every tensor its dtype explicitly and keeps fp32 where the reference does.
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float32)
+        try:
+            self.runner = ModelRunner(RunnerConfig(model=od_config.model, device=str(get_local_device()), dtype=dtype))
+        finally:
+            torch.set_default_dtype(previous)
+        # Registered as submodules so vLLM-Omni's offloading and device moves find them.
+        self.transformer = self.runner.transformer
+        self.text_encoder = self.runner.text_encoder.encoder
+        self.vae = self.runner.vae.vae
+        self.weights_sources = ()  # our loader read the checkpoint above (with its own checks)
+
+    def load_weights(self, weights) -> set[str]:
+        for _ in weights:  # no sources are declared, so nothing arrives here
+            pass
+        return {name for name, _ in self.named_parameters()}
+
+    # -- vLLM-Omni step contract ---------------------------------------------------------------
+    def prepare_encode(self, state: StepRequestState, **kwargs: Any) -> StepRequestState:
+        text, fields = request_fields(state.prompt, state.sampling)
+        try:
+            spec = request_spec(text, fields, self.runner.variant, has_vae=self.runner.vae is not None)
+            helios = self.runner.create_state(spec)
+        except ValueError as exc:
+            raise OmniClientError(str(exc)) from None
+        logger.info(
+            "request %s: %dx%d, %d frames, seed %d, steps %s, guidance %s",
+            state.request_id, spec.width, spec.height, spec.num_frames, spec.seed, spec.stage_steps, spec.guidance_scale,
+        )
+        state.extra[HELIOS] = helios
+        state.extra[DONE_FRAMES] = []
+        state.extra[BATCH_STATS] = {"largest": 0, "mixed_timesteps": False}
+        state.total_chunks = spec.num_chunks
+        state.chunk_index = helios.chunk_index
+        state.step_index = 0
+        # One timestep per forward of the whole request, filled in as each stage starts.
+        state.timesteps = torch.zeros(_num_forwards(spec), dtype=torch.float32)
+        self._begin_chunk(state)
+        return state
+
+    def denoise_step(self, input_batch: InputBatch, *, states=None, **kwargs: Any) -> torch.Tensor:
+        """One forward per latent size over all rows; returns the guided velocities, packed."""
+        states = list(states if states is not None else input_batch.states)
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for index, (state, row) in enumerate(zip(states, input_batch.latents)):
+            helios = state.extra[HELIOS]
+            helios.latents = _unpack(row, helios.latents.shape)
+            groups[tuple(helios.latents.shape)].append(index)
+        velocities: list[torch.Tensor | None] = [None] * len(states)
+        for indices in groups.values():
+            self._forward_group([states[i] for i in indices], indices, velocities)
+        size = input_batch.latents.shape[1]
+        return torch.cat([_pack(v, size) if v is not None else input_batch.latents.new_zeros(1, size) for v in velocities])
+
+    def _forward_group(self, states: list[StepRequestState], indices: list[int], velocities: list) -> None:
+        """One transformer call; if it fails, retry one by one so only the culprit fails
+        (its step_scheduler raises the error; the forward is batch-invariant on CPU)."""
+        helios = [state.extra[HELIOS] for state in states]
+        try:
+            rows = self.runner.forward(helios)
+        except Exception as exc:  # noqa: BLE001 - any failure of one request is reported, not raised
+            if len(states) == 1:
+                states[0].extra[FAILURE] = exc
+                return
+            for state, index in zip(states, indices):
+                self._forward_group([state], [index], velocities)
+            return
+        timesteps = {self.runner.procedure.model_timestep(h) for h in helios}
+        for state, h, index, request_rows in zip(states, helios, indices, rows):
+            velocities[index] = self.runner.procedure.guide(h, request_rows)
+            batch = state.extra[BATCH_STATS]
+            batch["largest"] = max(batch["largest"], len(states))
+            batch["mixed_timesteps"] |= len(timesteps) > 1
+
+    def step_scheduler(self, state: StepRequestState, noise_pred: torch.Tensor, **kwargs: Any) -> None:
+        failure = state.extra.pop(FAILURE, None)
+        if failure is not None:
+            raise failure
+        helios: RequestState = state.extra[HELIOS]
+        procedure = self.runner.procedure
+        procedure.sampler_step(helios, _unpack(noise_pred[0], helios.latents.shape))
+        if not torch.isfinite(helios.latents).all():
+            raise ValueError("the sampler produced non-finite latents")
+        state.step_index += 1
+        state.step_in_chunk += 1
+        if helios.stage_done and helios.stage_index + 1 < procedure.scheduler.stages:
+            procedure.next_stage(helios)
+            self._record_stage_timesteps(state)
+        if state.chunk_denoise_completed and not self.od_config.streaming_output and not state.denoise_completed:
+            # Chunks are not streamed: close this one now, post_decode comes after the last.
+            state.extra[DONE_FRAMES].append(self._finish_chunk(state))
+        state.latents = _pack(helios.latents, self._row_size(helios.spec))
+
+    def post_decode(self, state: StepRequestState, **kwargs: Any) -> DiffusionOutput:
+        chunk_index = state.chunk_index
+        frames = [*state.extra[DONE_FRAMES], self._finish_chunk(state)]
+        state.extra[DONE_FRAMES] = []
+        video = torch.from_numpy(np.concatenate(frames))[None]
+        finished = state.request_denoise_completed
+        if finished:
+            batch = state.extra[BATCH_STATS]
+            logger.info(
+                "request %s finished: %d chunks; shared forwards with up to %d requests%s",
+                state.request_id, state.total_chunks, batch["largest"],
+                " at different timesteps" if batch["mixed_timesteps"] else "",
+            )
+        return DiffusionOutput(output=video, chunk_index=chunk_index, total_chunks=state.total_chunks, finished=finished)
+
+    # -- request mode --------------------------------------------------------------------------
+    def forward(self, req, **kwargs: Any) -> DiffusionOutput:
+        """A whole video per request, the requests' steps batched as in step mode."""
+        states = [StepRequestState(r.request_id, r.sampling_params, r.prompt) for r in req.requests]
+        if len(states) != 1:
+            raise ValueError(f"{type(self).__name__}.forward takes one request at a time, got {len(states)}")
+        state = self.prepare_encode(states[0])
+        while not state.denoise_completed:
+            noise_pred = self.denoise_step(InputBatch.make_batch([state]), states=[state])
+            self.step_scheduler(state, noise_pred)
+        return self.post_decode(state)
+
+    # -- chunk bookkeeping ---------------------------------------------------------------------
+    def _begin_chunk(self, state: StepRequestState) -> None:
+        helios: RequestState = state.extra[HELIOS]
+        self.runner.procedure.begin_chunk(helios)
+        state.step_in_chunk = 0
+        state.chunk_num_steps = sum(helios.spec.steps_in_chunk(helios.chunk_index))
+        self._record_stage_timesteps(state)
+        state.latents = _pack(helios.latents, self._row_size(helios.spec))
+
+    def _record_stage_timesteps(self, state: StepRequestState) -> None:
+        timesteps = self.runner.procedure.model_timesteps(state.extra[HELIOS])
+        state.timesteps[state.step_index : state.step_index + len(timesteps)] = timesteps
+
+    def _finish_chunk(self, state: StepRequestState) -> np.ndarray:
+        """Record the chunk in the history, decode it, and start the next one if any."""
+        helios: RequestState = state.extra[HELIOS]
+        chunk = self.runner.finish_chunk(state.request_id, helios)
+        state.chunk_index = helios.chunk_index
+        if not helios.is_finished:
+            self._begin_chunk(state)
+        return chunk.frames
+
+    @staticmethod
+    def _row_size(spec: RequestSpec) -> int:
+        """Numbers in a full-resolution chunk of latents: the packed row length."""
+        return LATENT_CHANNELS * LATENT_FRAMES_PER_CHUNK * (spec.height // 8) * (spec.width // 8)
+
+
+def _num_forwards(spec: RequestSpec) -> int:
+    """Denoising forwards of a whole request (a CFG pair counts once)."""
+    return sum(sum(spec.steps_in_chunk(c)) for c in range(spec.start_chunk, spec.num_chunks))
+
+
+def _pack(latents: torch.Tensor, size: int) -> torch.Tensor:
+    flat = latents.reshape(1, -1)
+    return torch.nn.functional.pad(flat, (0, size - flat.shape[1]))
+
+
+def _unpack(row: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    # A copy: the runner reuses the batch tensor, and samplers keep earlier latents.
+    return row.reshape(-1)[: shape.numel()].reshape(shape).clone()
