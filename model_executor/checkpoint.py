@@ -83,6 +83,18 @@ def variant_from_configs(model_index: dict, scheduler_config: dict) -> ModelVari
     return ModelVariant("mid", scheduler, is_cfg_zero_star, False, (20,) * stages, 5.0, False)
 
 
+_VARIANT_CONFIGS = {
+    "base": ({"_class_name": "HeliosPipeline"}, {"_class_name": "HeliosScheduler", "stages": 1, "stage_range": [0, 1]}),
+    "mid": ({"_class_name": "HeliosPyramidPipeline"}, {"_class_name": "HeliosScheduler"}),
+    "distilled": ({"_class_name": "HeliosPyramidPipeline"}, {"_class_name": "HeliosDMDScheduler"}),
+}
+
+
+def official_variant(name: str) -> ModelVariant:
+    """A released variant's recipe without its checkpoint at hand ('base', 'mid' or 'distilled')."""
+    return variant_from_configs(*_VARIANT_CONFIGS[name])
+
+
 def read_variant(root: Path) -> ModelVariant:
     def load(path: Path) -> dict:
         try:
