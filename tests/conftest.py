@@ -12,6 +12,22 @@ if not os.environ.get("HELIOS_TEST_CUDA"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# -- engine integration tests ----------------------------------------------------------------
+# tests/engines/test_<engine>.py run inside that engine's own virtualenv (see .ci/engine-tests):
+# vLLM-Omni and SGLang pin torch and transformers versions that cannot share one environment.
+
+
+def pytest_addoption(parser):
+    parser.addoption("--engine", default=None, choices=("vllm_omni", "sglang"),
+                     help="run the integration tests of this engine (in an environment that has it installed)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.parent.name == "engines" and collection_path.name.startswith("test_"):
+        return collection_path.stem.removeprefix("test_") != config.getoption("--engine")
+    return None
+
+
 # A tiny config of the released architecture: every code path, a few thousand parameters.
 TINY_REFERENCE_CONFIG = dict(
     num_attention_heads=2,

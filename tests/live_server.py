@@ -1,4 +1,4 @@
-"""Start `helios-serve serve` as a real process on 127.0.0.1 for tests, and stop it by pid."""
+"""Start servers (ours, vLLM-Omni, SGLang) as real processes on 127.0.0.1 for tests; stop them by pid."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def free_port() -> int:
 class LiveServer:
     url: str
     process: subprocess.Popen
-    data_dir: Path
+    data_dir: Path | None
     log_path: Path
 
     @property
@@ -35,7 +35,7 @@ class LiveServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, crash: bool = False) -> None:
-        """SIGTERM for a clean stop; SIGKILL to simulate a crash."""
+        """SIGTERM for a clean stop; SIGKILL to simulate a crash. The whole process group goes."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL if crash else signal.SIGTERM)
             try:
@@ -45,26 +45,34 @@ class LiveServer:
                 self.process.wait(timeout=30)
 
 
-def start_server(data_dir: Path, *args: str, timeout: float = 120.0) -> LiveServer:
-    port = free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir.parent / f"server-{port}.log"
+def start_process(
+    command: list[str], url: str, ready_path: str, log_path: Path, *, timeout: float = 120.0,
+    env: dict | None = None, cwd: Path | None = None, data_dir: Path | None = None,
+) -> LiveServer:
+    """Start a server in its own process group; returns once ``ready_path`` answers 200."""
     with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "helios_serve.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-             "--log-level", "warning", *args],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    server = LiveServer(f"http://127.0.0.1:{port}", process, data_dir, log_path)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=env, cwd=cwd)
+    server = LiveServer(url, process, data_dir, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log()}")
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{server.log()[-20000:]}")
         try:
-            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
     server.stop()
-    raise RuntimeError(f"the server was not ready within {timeout} s:\n{server.log()}")
+    raise RuntimeError(f"the server was not ready within {timeout} s:\n{server.log()[-20000:]}")
+
+
+def start_server(data_dir: Path, *args: str, timeout: float = 120.0) -> LiveServer:
+    """`helios-serve serve` on a free port of 127.0.0.1."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "helios_serve.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+               "--log-level", "warning", *args]
+    return start_process(command, f"http://127.0.0.1:{port}", "/ready", data_dir.parent / f"server-{port}.log",
+                         timeout=timeout, data_dir=data_dir)

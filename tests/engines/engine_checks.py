@@ -1,0 +1,37 @@
+"""What the engine integration tests share: a tiny Helios checkpoint in diffusers format,
+MP4 decoding, and our own engine's frames for the same request."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+
+from conftest import build_reference_pipeline
+
+SIZE = dict(height=64, width=64)  # the smallest size whose 3-stage pyramid fits
+
+
+def save_tiny_checkpoint(folder) -> str:
+    """A Distilled-style tiny checkpoint, as `save_pretrained` writes it (no hub access)."""
+    build_reference_pipeline("distilled").save_pretrained(folder)
+    return str(folder)
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def engine_frames(checkpoint: str, requests: list[tuple[str, dict]]) -> list[np.ndarray]:
+    """Our HeliosEngine's frames for (prompt, sampling fields) pairs, generated together."""
+    from helios_serve import HeliosEngine, VideoSamplingParams
+
+    engine = HeliosEngine(model=checkpoint)
+    videos = engine.generate([p for p, _ in requests], [VideoSamplingParams(**f) for _, f in requests])
+    return [video.frames for video in videos]
+
+
+def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())

@@ -1,0 +1,129 @@
+"""vLLM-Omni serving our Helios executor, for real: `vllm-omni serve <checkpoint> --omni` on CPU.
+
+Runs in the vLLM-Omni environment (.ci/engine-tests vllm_omni). The server is started with
+step execution and continuous batching, so requests that arrive at different times share
+transformer forwards at different timesteps; every video must still equal, frame for
+frame, what our own engine makes for the same request and seed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from engine_checks import SIZE, decode_mp4, engine_frames, mean_difference, save_tiny_checkpoint
+from live_server import free_port, start_process
+
+# vLLM-Omni's default H.264 settings for /v1/videos responses (serving_video.py).
+SERVER_CODEC_OPTIONS = {"preset": "ultrafast", "threads": "0"}
+FPS = 24
+
+
+@pytest.fixture(scope="module")
+def omni(tmp_path_factory):
+    root = tmp_path_factory.mktemp("omni")
+    checkpoint = save_tiny_checkpoint(root / "helios-distilled-tiny")
+    port = free_port()
+    env = {**os.environ, "HELIOS_OMNI_CPU": "1", "HF_HUB_OFFLINE": "1"}
+    command = ["vllm-omni", "serve", checkpoint, "--omni", "--host", "127.0.0.1", "--port", str(port),
+               "--dtype", "float32", "--step-execution", "--max-num-seqs", "4"]
+    started = time.monotonic()
+    server = start_process(command, f"http://127.0.0.1:{port}", "/health", root / "server.log", timeout=300,
+                           env=env, cwd=root)
+    print(f"vllm-omni serve ready in {time.monotonic() - started:.1f} s")
+    yield server, checkpoint
+    server.stop()
+
+
+def server_encoding(frames: np.ndarray) -> np.ndarray:
+    """Our frames through vLLM-Omni's own MP4 encoder with its server defaults, decoded."""
+    from vllm_omni.entrypoints.openai.video_api_utils import encode_video_base64
+
+    return decode_mp4(base64.b64decode(encode_video_base64(frames, fps=FPS, video_codec_options=SERVER_CODEC_OPTIONS)))
+
+
+def test_our_pipeline_is_registered_for_both_helios_names(omni):
+    server, _ = omni
+    log = server.log()
+    for architecture in ("HeliosPipeline", "HeliosPyramidPipeline"):
+        assert f"Registered diffusion model {architecture} -> helios_serve.integrations.vllm_omni.pipeline" in log
+    assert "OmniPlatform plugin helios_serve_cpu is activated" in log
+
+
+def test_sync_video_equals_our_engine(omni):
+    server, checkpoint = omni
+    fields = dict(prompt="a red fox in the snow", num_frames=66, seed=7, **SIZE)
+    response = httpx.post(f"{server.api}/videos/sync", data=fields, timeout=300)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "video/mp4"
+    served = decode_mp4(response.content)
+    assert served.shape == (65, 64, 64, 3)  # 2 chunks, the last trimmed to 4n+1 frames
+    ours, other_seed = engine_frames(checkpoint, [(fields["prompt"], dict(num_frames=66, seed=7, **SIZE)),
+                                                  (fields["prompt"], dict(num_frames=66, seed=8, **SIZE))])
+    assert np.array_equal(served, server_encoding(ours))
+    assert mean_difference(served, server_encoding(other_seed)) > 5  # the check can fail
+
+
+def test_helios_fields_in_extra_params_reach_our_executor(omni):
+    server, checkpoint = omni
+    extras = dict(pyramid_num_inference_steps_list=[1, 1, 1], is_amplify_first_chunk=False)
+    fields = dict(prompt="a paper boat", num_frames=33, seed=5, extra_params=json.dumps(extras), **SIZE)
+    response = httpx.post(f"{server.api}/videos/sync", data=fields, timeout=300)
+    assert response.status_code == 200, response.text
+    (ours,) = engine_frames(checkpoint, [("a paper boat", dict(num_frames=33, seed=5, **SIZE, **extras))])
+    assert np.array_equal(decode_mp4(response.content), server_encoding(ours))
+
+
+def test_concurrent_jobs_share_forwards_at_different_timesteps(omni):
+    server, checkpoint = omni
+    # With CFG (two rows per request). vLLM-Omni batches only requests with equal sampling
+    # settings (its batch key), so they differ in prompts, negative prompts and seeds.
+    cfg = dict(num_frames=165, guidance_scale=3.0)
+    jobs = [
+        ("a lighthouse at night", dict(seed=1, negative_prompt="blurry", **cfg)),
+        ("a kite over a beach", dict(seed=2, negative_prompt="dark", **cfg)),
+        ("a tram in the rain", dict(seed=3, **cfg)),
+    ]
+
+    def run(index: int) -> bytes:
+        time.sleep(0.1 * index)  # staggered arrivals: the requests are at different steps
+        prompt, fields = jobs[index]
+        created = httpx.post(f"{server.api}/videos", data={"prompt": prompt, **fields, **SIZE}, timeout=60)
+        assert created.status_code == 200, created.text
+        video_id = created.json()["id"]
+        deadline = time.monotonic() + 300
+        while (job := httpx.get(f"{server.api}/videos/{video_id}", timeout=30).json())["status"] != "completed":
+            assert job["status"] in ("queued", "in_progress"), job
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        content = httpx.get(f"{server.api}/videos/{video_id}/content", timeout=60)
+        assert content.status_code == 200
+        return content.content
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        videos = list(pool.map(run, range(len(jobs))))
+    expected = engine_frames(checkpoint, [(p, {**f, **SIZE}) for p, f in jobs])
+    for served, ours in zip(videos, expected):
+        assert np.array_equal(decode_mp4(served), server_encoding(ours))
+    shared = [int(n) for n in re.findall(r"shared forwards with up to (\d+) requests at different timesteps", server.log())]
+    assert shared and max(shared) >= 2, "no two requests shared a forward"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("height", 50, "height must be a positive multiple of 64"),
+    ("extra_params", '{"pyramid_num_inference_steps_list": [1, 1]}', "pyramid_num_inference_steps_list needs 3"),
+    ("seed", -1, "seed must be from 0"),
+])
+def test_bad_fields_are_client_errors(omni, field, value, message):
+    server, _ = omni
+    fields = {"prompt": "a red fox", "num_frames": 33, "seed": 1, **SIZE, field: value}
+    response = httpx.post(f"{server.api}/videos/sync", data=fields, timeout=60)
+    assert response.status_code == 400, response.text
+    assert message in response.text
