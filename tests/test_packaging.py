@@ -37,9 +37,10 @@ def test_installed_distribution_declares_only_helios_serve():
     assert Path(helios_serve.kernels.__file__).parent.name == "kernels"
 
 
-def _absolute_imports(folder: Path) -> set[str]:
+def _absolute_imports(where: Path) -> set[str]:
+    """Modules imported absolutely by a file, or by every file under a folder."""
     modules = set()
-    for path in folder.rglob("*.py"):
+    for path in [where] if where.is_file() else where.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 modules.update(alias.name for alias in node.names)
@@ -53,3 +54,27 @@ def test_import_boundaries():
     kernel_imports = {m.split(".")[0] for m in _absolute_imports(REPO / "kernels")}
     assert kernel_imports <= {"torch", "triton", "__future__", "math", "functools", "os", "typing", "dataclasses"}
     assert not any(m.startswith("helios_serve") for m in _absolute_imports(REPO / "model_executor"))
+
+
+def test_engine_plugins_are_declared_and_load_their_engine_lazily():
+    """Installing helios-serve registers the plugins; importing them needs no engine."""
+    points = {(p.group, p.name): p.value for p in metadata.distribution("helios-serve").entry_points}
+    assert points[("vllm_omni.general_plugins", "helios_serve")] == "helios_serve.integrations.vllm_omni:register"
+    assert points[("vllm_omni.platform_plugins", "helios_serve_cpu")] == "helios_serve.integrations.vllm_omni:cpu_platform"
+    assert points[("sglang.multimodal_gen.plugins", "helios_serve")] == "helios_serve.integrations.sglang:register"
+    # The entry-point modules import, and the CPU platform stays off unless asked for.
+    probe = (
+        "import sys, os; os.environ.pop('HELIOS_OMNI_CPU', None)\n"
+        "import helios_serve.integrations.vllm_omni as v, helios_serve.integrations.sglang\n"
+        "assert v.cpu_platform() is None\n"
+        "os.environ['HELIOS_OMNI_CPU'] = '1'; assert v.cpu_platform().endswith('CpuOmniPlatform')\n"
+        "assert not {'vllm', 'vllm_omni', 'sglang', 'torch'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True)
+    # Nothing outside helios_serve/integrations imports an engine.
+    for folder in ("helios_serve", "model_executor", "kernels"):
+        for path in (REPO / folder).rglob("*.py"):
+            if "integrations" in path.parts:
+                continue
+            engines = {m for m in _absolute_imports(path) if m.split(".")[0] in ("vllm", "vllm_omni", "sglang")}
+            assert not engines, (path, engines)

@@ -4,6 +4,8 @@ MP4 decoding, and our own engine's frames for the same request."""
 from __future__ import annotations
 
 import io
+import sys
+from pathlib import Path
 
 import av
 import numpy as np
@@ -11,6 +13,11 @@ import numpy as np
 from conftest import build_reference_pipeline
 
 SIZE = dict(height=64, width=64)  # the smallest size whose 3-stage pyramid fits
+
+
+def console_script(name: str) -> str:
+    """An engine's command from this interpreter's environment, activated or not."""
+    return str(Path(sys.executable).with_name(name))
 
 
 def save_tiny_checkpoint(folder) -> str:
@@ -31,6 +38,15 @@ def engine_frames(checkpoint: str, requests: list[tuple[str, dict]]) -> list[np.
     engine = HeliosEngine(model=checkpoint)
     videos = engine.generate([p for p, _ in requests], [VideoSamplingParams(**f) for _, f in requests])
     return [video.frames for video in videos]
+
+
+def make_image(path) -> str:
+    """A 64x64 PNG to condition on (image-to-video), at the video size so no engine resizes it."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
 
 
 def mean_difference(a: np.ndarray, b: np.ndarray) -> float:

@@ -14,7 +14,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from engine_checks import SIZE, decode_mp4, engine_frames, mean_difference, save_tiny_checkpoint
+from engine_checks import SIZE, console_script, decode_mp4, engine_frames, make_image, mean_difference, save_tiny_checkpoint
 from live_server import free_port, start_process
 
 FPS = 24
@@ -29,7 +29,7 @@ def checkpoint(tmp_path_factory):
 def sglang(tmp_path_factory, checkpoint):
     workdir = tmp_path_factory.mktemp("sglang-serve")  # SGLang writes its videos under ./outputs
     port = free_port()
-    command = ["sglang", "serve", "--model-path", checkpoint, "--host", "127.0.0.1", "--port", str(port),
+    command = [console_script("sglang"), "serve", "--model-path", checkpoint, "--host", "127.0.0.1", "--port", str(port),
                "--warmup-mode", "off"]  # its warm-up works, but costs ~16 s of CPU at 640x384
     started = time.monotonic()
     server = start_process(command, f"http://127.0.0.1:{port}", "/health", workdir / "server.log", timeout=300,
@@ -92,6 +92,23 @@ def test_multipart_job_with_helios_fields_equals_our_engine(sglang, checkpoint, 
     assert np.array_equal(served, sglang_encoding(ours, tmp_path))
 
 
+def test_image_to_video_from_an_upload(sglang, checkpoint, tmp_path):
+    from PIL import Image
+
+    image = make_image(tmp_path / "first-frame.png")
+    form = {"prompt": (None, "the scene comes alive"), "size": (None, "64x64"), "num_frames": (None, "33"),
+            "seed": (None, "11")}
+    with open(image, "rb") as upload:
+        created = httpx.post(f"{sglang.api}/videos", files={**form, "input_reference": upload}, timeout=60)
+    assert created.status_code == 200, created.text
+    job = wait_for(sglang, created.json()["id"])
+    assert job["status"] == "completed", job
+    served = decode_mp4(httpx.get(f"{sglang.api}/videos/{job['id']}/content", timeout=60).content)
+    fields = dict(num_frames=33, seed=11, image=Image.open(image), **SIZE)
+    (ours,) = engine_frames(checkpoint, [("the scene comes alive", fields)])
+    assert np.array_equal(served, sglang_encoding(ours, tmp_path))
+
+
 def test_a_bad_field_fails_the_job_with_a_clear_message(sglang):
     created = httpx.post(f"{sglang.api}/videos", json={"prompt": "a fox", "size": "80x64", "num_frames": 33}, timeout=60)
     if created.status_code == 200:  # SGLang queues first and validates in the worker
@@ -105,7 +122,7 @@ def test_a_bad_field_fails_the_job_with_a_clear_message(sglang):
 
 
 def test_sglang_generate_runs_our_executor(checkpoint, tmp_path):
-    command = ["sglang", "generate", "--model-path", checkpoint, "--prompt", "a red fox in the snow",
+    command = [console_script("sglang"), "generate", "--model-path", checkpoint, "--prompt", "a red fox in the snow",
                "--num-frames", "33", "--height", "64", "--width", "64", "--seed", "7",
                "--output-path", str(tmp_path / "out")]
     started = time.monotonic()

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from engine_checks import SIZE, decode_mp4, engine_frames, mean_difference, save_tiny_checkpoint
+from engine_checks import SIZE, console_script, decode_mp4, engine_frames, make_image, mean_difference, save_tiny_checkpoint
 from live_server import free_port, start_process
 
 # vLLM-Omni's default H.264 settings for /v1/videos responses (serving_video.py).
@@ -32,7 +32,7 @@ def omni(tmp_path_factory):
     checkpoint = save_tiny_checkpoint(root / "helios-distilled-tiny")
     port = free_port()
     env = {**os.environ, "HELIOS_OMNI_CPU": "1", "HF_HUB_OFFLINE": "1"}
-    command = ["vllm-omni", "serve", checkpoint, "--omni", "--host", "127.0.0.1", "--port", str(port),
+    command = [console_script("vllm-omni"), "serve", checkpoint, "--omni", "--host", "127.0.0.1", "--port", str(port),
                "--dtype", "float32", "--step-execution", "--max-num-seqs", "4"]
     started = time.monotonic()
     server = start_process(command, f"http://127.0.0.1:{port}", "/health", root / "server.log", timeout=300,
@@ -78,6 +78,19 @@ def test_helios_fields_in_extra_params_reach_our_executor(omni):
     response = httpx.post(f"{server.api}/videos/sync", data=fields, timeout=300)
     assert response.status_code == 200, response.text
     (ours,) = engine_frames(checkpoint, [("a paper boat", dict(num_frames=33, seed=5, **SIZE, **extras))])
+    assert np.array_equal(decode_mp4(response.content), server_encoding(ours))
+
+
+def test_image_to_video_from_an_upload(omni, tmp_path):
+    from PIL import Image
+
+    server, checkpoint = omni
+    image = make_image(tmp_path / "first-frame.png")
+    fields = dict(prompt="the scene comes alive", num_frames=33, seed=11, **SIZE)
+    with open(image, "rb") as upload:
+        response = httpx.post(f"{server.api}/videos/sync", data=fields, files={"input_reference": upload}, timeout=300)
+    assert response.status_code == 200, response.text
+    (ours,) = engine_frames(checkpoint, [(fields["prompt"], dict(num_frames=33, seed=11, image=Image.open(image), **SIZE))])
     assert np.array_equal(decode_mp4(response.content), server_encoding(ours))
 
 
