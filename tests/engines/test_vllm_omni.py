@@ -27,17 +27,25 @@ FPS = 24
 
 
 @pytest.fixture(scope="module")
-def omni(tmp_path_factory):
-    root = tmp_path_factory.mktemp("omni")
-    checkpoint = save_tiny_checkpoint(root / "helios-distilled-tiny")
+def checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("omni") / "helios-distilled-tiny")
+
+
+def serve(checkpoint: str, folder, *flags: str):
     port = free_port()
     env = {**os.environ, "HELIOS_OMNI_CPU": "1", "HF_HUB_OFFLINE": "1"}
     command = [console_script("vllm-omni"), "serve", checkpoint, "--omni", "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", "float32", "--step-execution", "--max-num-seqs", "4"]
+               "--dtype", "float32", "--step-execution", "--max-num-seqs", "4", *flags]
     started = time.monotonic()
-    server = start_process(command, f"http://127.0.0.1:{port}", "/health", root / "server.log", timeout=300,
-                           env=env, cwd=root)
-    print(f"vllm-omni serve ready in {time.monotonic() - started:.1f} s")
+    server = start_process(command, f"http://127.0.0.1:{port}", "/health", folder / "server.log", timeout=300,
+                           env=env, cwd=folder)
+    print(f"vllm-omni serve {' '.join(flags)} ready in {time.monotonic() - started:.1f} s")
+    return server
+
+
+@pytest.fixture(scope="module")
+def omni(tmp_path_factory, checkpoint):
+    server = serve(checkpoint, tmp_path_factory.mktemp("omni-serve"))
     yield server, checkpoint
     server.stop()
 
@@ -140,3 +148,49 @@ def test_bad_fields_are_client_errors(omni, field, value, message):
     response = httpx.post(f"{server.api}/videos/sync", data=fields, timeout=60)
     assert response.status_code == 400, response.text
     assert message in response.text
+
+
+def test_realtime_websocket_streams_each_chunk_as_it_is_made(tmp_path, checkpoint):
+    """With --diffusion-streaming-output every chunk is its own output: one fMP4 fragment each."""
+    import asyncio
+
+    import websockets
+    from vllm_omni.entrypoints.openai.video_api_utils import create_streaming_video_encoder
+
+    from helios_serve.model_executor.step_io import chunk_frame_counts
+
+    server = serve(checkpoint, tmp_path, "--diffusion-streaming-output")
+    codec = {"preset": "ultrafast", "threads": "1", "tune": "zerolatency"}
+    start = {"type": "session.start", "format": "m4s", "prompt": "a heron taking off", "num_frames": 99, "seed": 4,
+             "fps": FPS, "extra_params": {"video_codec_options": codec}, **SIZE}
+
+    async def receive() -> tuple[list[dict], bytes]:
+        metadata, fragments = [], b""
+        async with websockets.connect(server.url.replace("http", "ws") + "/v1/realtime/video") as socket:
+            await socket.send(json.dumps(start))
+            while True:
+                message = await asyncio.wait_for(socket.recv(), timeout=120)
+                if isinstance(message, bytes):
+                    fragments += message
+                    continue
+                event = json.loads(message)
+                assert event["type"] != "error", event
+                if event["type"] == "video.chunk_metadata":
+                    metadata.append(event)
+                if event["type"] == "session.done":
+                    return metadata, fragments
+
+    try:
+        metadata, fragments = asyncio.run(receive())
+    finally:
+        server.stop()
+    # One fragment per generated chunk (the closing fragment carries no chunk index).
+    assert [m["generation_chunk_index"] for m in metadata if m["generation_chunk_index"] is not None] == [0, 1, 2]
+    (ours,) = engine_frames(checkpoint, [(start["prompt"], dict(num_frames=99, seed=4, **SIZE))])
+    encoder = create_streaming_video_encoder(output_format="m4s", fps=FPS, video_codec_options=codec)
+    expected, offset = b"", 0
+    for count in chunk_frame_counts(99):
+        expected += encoder.encode(ours[offset : offset + count])
+        offset += count
+    expected += encoder.close()
+    assert np.array_equal(decode_mp4(fragments), decode_mp4(expected))
