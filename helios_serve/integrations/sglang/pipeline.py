@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 from sglang.multimodal_gen.configs.pipeline_configs.helios import HeliosT2VConfig
 from sglang.multimodal_gen.configs.sample.sampling_params import SamplingParams
+from sglang.multimodal_gen.configs.task_type import ModelTaskType
 from sglang.multimodal_gen.runtime.distributed.group_coordinator import get_local_torch_device
 from sglang.multimodal_gen.runtime.pipelines_core.composed_pipeline_base import ComposedPipelineBase
 from sglang.multimodal_gen.runtime.pipelines_core.schedule_batch import OutputBatch, Req
@@ -66,7 +67,10 @@ globals().update({cls.__name__: cls for cls in SAMPLING_PARAMS.values()})
 
 
 class HeliosServeConfig(HeliosT2VConfig):
-    """SGLang's Helios pipeline settings; ours reads none of them but the task type."""
+    """SGLang's Helios pipeline settings; ours reads none of them but the task types: text-,
+    image- and video-to-video (SGLang picks one per request from its inputs)."""
+
+    supported_task_types: ClassVar[tuple[ModelTaskType, ...]] = (ModelTaskType.T2V, ModelTaskType.I2V, ModelTaskType.V2V)
 
 
 class HeliosServeStage(PipelineStage):
