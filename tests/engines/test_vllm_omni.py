@@ -105,8 +105,11 @@ def test_image_to_video_from_an_upload(omni, tmp_path):
 def test_concurrent_jobs_share_forwards_at_different_timesteps(omni):
     server, checkpoint = omni
     # With CFG (two rows per request). vLLM-Omni batches only requests with equal sampling
-    # settings (its batch key), so they differ in prompts, negative prompts and seeds.
-    cfg = dict(num_frames=165, guidance_scale=3.0)
+    # settings (its batch key), so they differ in prompts, negative prompts and seeds. Requests
+    # can share a forward only within a pyramid stage (its latents have one size), so the
+    # stages get 8 steps: requests a few steps apart then share most of their forwards.
+    steps = [8, 8, 8]
+    cfg = dict(num_frames=99, guidance_scale=3.0, pyramid_num_inference_steps_list=steps)
     jobs = [
         ("a lighthouse at night", dict(seed=1, negative_prompt="blurry", **cfg)),
         ("a kite over a beach", dict(seed=2, negative_prompt="dark", **cfg)),
@@ -116,7 +119,9 @@ def test_concurrent_jobs_share_forwards_at_different_timesteps(omni):
     def run(index: int) -> bytes:
         time.sleep(0.1 * index)  # staggered arrivals: the requests are at different steps
         prompt, fields = jobs[index]
-        created = httpx.post(f"{server.api}/videos", data={"prompt": prompt, **fields, **SIZE}, timeout=60)
+        form = {"prompt": prompt, **SIZE, **{k: v for k, v in fields.items() if k != "pyramid_num_inference_steps_list"},
+                "extra_params": json.dumps({"pyramid_num_inference_steps_list": steps})}
+        created = httpx.post(f"{server.api}/videos", data=form, timeout=60)
         assert created.status_code == 200, created.text
         video_id = created.json()["id"]
         deadline = time.monotonic() + 300
