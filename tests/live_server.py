@@ -76,3 +76,22 @@ def start_server(data_dir: Path, *args: str, timeout: float = 120.0) -> LiveServ
                "--log-level", "warning", *args]
     return start_process(command, f"http://127.0.0.1:{port}", "/ready", data_dir.parent / f"server-{port}.log",
                          timeout=timeout, data_dir=data_dir)
+
+
+def ray_environment(home: Path) -> dict:
+    """Environment for a local Ray: token authentication on (Ray 2.60's default) with a fresh
+    token, and Ray's files under ``home`` instead of the user's ~/.ray."""
+    import secrets
+
+    home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "HOME": str(home)}
+
+
+def start_ray_server(data_dir: Path, replicas: int, *args: str, timeout: float = 240.0) -> LiveServer:
+    """`helios-serve serve --replicas N` (a local Ray and Ray Serve) on a free port of 127.0.0.1."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "helios_serve.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+               "--replicas", str(replicas), "--log-level", "warning", *args]
+    return start_process(command, f"http://127.0.0.1:{port}", "/ready", data_dir.parent / f"ray-server-{port}.log",
+                         timeout=timeout, env=ray_environment(data_dir.parent / "home"), data_dir=data_dir)

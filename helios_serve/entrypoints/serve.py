@@ -42,6 +42,14 @@ def add_serve_parser(subparsers, default_model: str) -> None:
     engine.add_argument("--max-running-requests", type=int, default=None, help="[derived from the model size]")
     engine.add_argument("--max-waiting-requests", type=int, default=256, help="queue length before 429")
     engine.add_argument("--request-timeout", type=float, default=None, help="seconds before a job is failed")
+    ray = parser.add_argument_group("scale out with Ray Serve (pip install 'helios-serve[ray]')")
+    ray.add_argument("--replicas", type=int, default=None,
+                     help="run this many engine replicas behind one endpoint with Ray Serve [one process, no Ray]")
+    ray.add_argument("--ray-address", default=None,
+                     help="join this Ray cluster (e.g. ray://head:10001 or auto); without it a local Ray is started")
+    ray.add_argument("--gpus-per-replica", type=float, default=None,
+                     help="GPUs each replica reserves [1 when the machine has a GPU, else 0]")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -79,6 +87,12 @@ def run_serve(args: argparse.Namespace) -> int:
         kernels=None if args.kernels == "auto" else args.kernels,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.replicas is not None or args.ray_address is not None:
+        from ..integrations.ray_serve.launch import RayDeployment, run_ray_deployment
+
+        deployment = RayDeployment(replicas=args.replicas or 1, ray_address=args.ray_address,
+                                   gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica)
+        return run_ray_deployment(config, deployment, args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     print(f"helios-serve: serving {args.model} at {base}", flush=True)
     print(f"  API       {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)

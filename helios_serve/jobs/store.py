@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS videos (
     expires_at INTEGER,
     error_code TEXT,
     error_message TEXT,
-    timings_json TEXT NOT NULL DEFAULT '{}'
+    timings_json TEXT NOT NULL DEFAULT '{}',
+    owner TEXT
 )
 """
 ACTIVE_STATUSES = ("queued", "in_progress")
@@ -56,6 +57,8 @@ class JobRecord:
     error_message: str | None = None
     timings: dict = field(default_factory=dict)
     """queue_time_s, time_to_first_chunk_s, inference_time_s."""
+    owner: str | None = None
+    """The engine replica running the job (Ray deployments); None for a single server."""
 
     def to_row(self) -> dict:
         row = asdict(self)
@@ -76,10 +79,14 @@ class JobStore:
     """Thread-safe (one connection, one lock); every write is committed at once."""
 
     def __init__(self, path: str | Path):
-        self._connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # Several processes (engine replicas) may share the file: wait for each other's writes.
+        self._connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._connection.row_factory = sqlite3.Row
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute(SCHEMA)
+        columns = {row["name"] for row in self._connection.execute("PRAGMA table_info(videos)")}
+        if "owner" not in columns:  # a store written before replicas existed
+            self._connection.execute("ALTER TABLE videos ADD COLUMN owner TEXT")
         self._lock = threading.Lock()
 
     def insert(self, record: JobRecord) -> None:
@@ -99,6 +106,13 @@ class JobStore:
         assignments = ", ".join(f"{name} = ?" for name in changes)
         with self._lock:
             self._connection.execute(f"UPDATE videos SET {assignments} WHERE id = ?", (*changes.values(), job_id))
+
+    def claim(self, job_id: str, previous_owner: str | None, owner: str) -> bool:
+        """Take a job over from ``previous_owner``; False if someone else changed its owner first."""
+        with self._lock:
+            cursor = self._connection.execute("UPDATE videos SET owner = ? WHERE id = ? AND owner IS ?",
+                                              (owner, job_id, previous_owner))
+        return cursor.rowcount == 1
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:

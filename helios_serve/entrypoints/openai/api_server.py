@@ -40,6 +40,10 @@ class ServerConfig:
     dtype: str | None = None
     kernels: str | None = None
     engine: EngineConfig = field(default_factory=EngineConfig)
+    instance_id: str | None = None
+    """Set when this server is one engine replica of a Ray deployment: it owns the jobs it
+    creates, resumes nothing on start (the router hands a dead replica's jobs to the living),
+    and answers the router on /internal/status and /internal/adopt."""
 
 
 class ServerState:
@@ -185,6 +189,10 @@ def build_app(config: ServerConfig) -> FastAPI:
 
     install_streaming(app, state, auth)
     install_realtime(app, state)
+    if config.instance_id is not None:
+        from .replica import install_replica_routes
+
+        install_replica_routes(app, state, auth)
     install_openapi_schema(app)
     return app
 

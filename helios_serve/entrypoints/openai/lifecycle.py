@@ -29,8 +29,9 @@ async def load_engine(state) -> None:
         await warm_up(engine)
         files = JobFiles(config.data_dir)
         service = VideoService(engine, files, JobStore(files.database), config.model, state.metrics,
-                               retention_s=config.retention_hours * 3600)
-        resumed = service.resume_interrupted()
+                               retention_s=config.retention_hours * 3600, instance=config.instance_id)
+        # A replica of a Ray deployment leaves interrupted jobs to the router (see replica.py).
+        resumed = service.resume_interrupted() if config.instance_id is None else []
         state.service = service
         logger.info("ready: %s (%d interrupted job(s) resumed)", config.model, len(resumed))
     except Exception as exc:  # noqa: BLE001 - reported by /ready and the log, the process stays up

@@ -35,8 +35,10 @@ FRAGMENTS_PER_CHUNK = 64  # room in the fMP4 sequence numbering, so chunk k's nu
 
 class VideoService:
     def __init__(self, engine, files: JobFiles, store: JobStore, model_name: str, metrics: ServerMetrics,
-                 retention_s: float):
+                 retention_s: float, instance: str | None = None):
         self.engine = engine
+        self.instance = instance
+        """This engine replica's id, recorded as the owner of its jobs (None for a single server)."""
         self.files = files
         self.store = store
         self.model_name = model_name
@@ -103,7 +105,7 @@ class VideoService:
         return JobRecord(
             id=job_id, model=self.model_name, prompt=request.prompt, status="queued", created_at=int(time.time()),
             request=stored, width=spec.width, height=spec.height, num_frames=spec.output_frames,
-            fps=stored.get("fps", DEFAULT_FPS), total_chunks=spec.num_chunks,
+            fps=stored.get("fps", DEFAULT_FPS), total_chunks=spec.num_chunks, owner=self.instance,
         )
 
     def _submit(self, record: JobRecord, spec: RequestSpec) -> None:
@@ -268,23 +270,35 @@ class VideoService:
 
     def resume_interrupted(self) -> list[str]:
         """Restart the jobs a crash or restart interrupted, each from its last completed chunk."""
+        return [record.id for record in self.store.with_status(ACTIVE_STATUSES) if self._resume(record)]
+
+    def adopt(self, job_ids: list[str], previous_owner: str) -> list[str]:
+        """Take over unfinished jobs of a replica that died, each from its last completed chunk."""
+        adopted = []
+        for job_id in job_ids:
+            record = self.store.get(job_id)
+            if record is None or record.status not in ACTIVE_STATUSES:
+                continue
+            if self.store.claim(job_id, previous_owner, self.instance) and self._resume(record):
+                adopted.append(job_id)
+        return adopted
+
+    def _resume(self, record: JobRecord) -> bool:
         from ...model_executor.resume import load_snapshot
 
-        resumed = []
-        for record in self.store.with_status(ACTIVE_STATUSES):
-            snapshot_path = self.files.snapshot(record.id)
-            try:
-                done = load_snapshot(snapshot_path).chunks_done if snapshot_path.exists() else 0
-                spec = self._spec(record.id, record.request)
-                if done:
-                    spec = dataclasses.replace(spec, resume_path=str(snapshot_path), start_chunk=done)
-                self._submit(record, spec)
-                resumed.append(record.id)
-                logger.info("resuming %s after %d of %d chunks", record.id, done, record.total_chunks)
-            except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others resuming
-                logger.warning("cannot resume %s: %s", record.id, exc)
-                self._fail(record.id, "resume_failed", f"could not resume after a restart: {exc}")
-        return resumed
+        snapshot_path = self.files.snapshot(record.id)
+        try:
+            done = load_snapshot(snapshot_path).chunks_done if snapshot_path.exists() else 0
+            spec = self._spec(record.id, record.request)
+            if done:
+                spec = dataclasses.replace(spec, resume_path=str(snapshot_path), start_chunk=done)
+            self._submit(record, spec)
+            logger.info("resuming %s after %d of %d chunks", record.id, done, record.total_chunks)
+            return True
+        except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others resuming
+            logger.warning("cannot resume %s: %s", record.id, exc)
+            self._fail(record.id, "resume_failed", f"could not resume after a restart: {exc}")
+            return False
 
     def delete_expired(self) -> int:
         expired = self.store.expired(int(time.time()))

@@ -1,0 +1,29 @@
+"""Routes of a server that is one engine replica behind the Ray router (ServerConfig.instance_id).
+
+The router polls /internal/status for each replica's load and readiness, and when a replica
+dies, asks a living one to adopt its unfinished jobs with /internal/adopt. The router does
+not forward /internal/ paths from clients.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+
+class AdoptRequest(BaseModel):
+    job_ids: list[str]
+    previous_owner: str
+
+
+def install_replica_routes(app: FastAPI, state, auth: list) -> None:
+    @app.get("/internal/status", dependencies=auth)
+    async def status() -> dict:
+        waiting, running = state.engine.queue_depth() if state.engine is not None else (0, 0)
+        return {"instance": state.config.instance_id, "ready": state.ready, "load_error": state.load_error,
+                "waiting": waiting, "running": running}
+
+    @app.post("/internal/adopt", dependencies=auth)
+    async def adopt(request: AdoptRequest) -> dict:
+        service = state.require_service()
+        return {"adopted": service.adopt(request.job_ids, request.previous_owner)}

@@ -1,0 +1,201 @@
+"""The ingress: one HTTP endpoint with the single server's API in front of N engine replicas.
+
+It forwards each request to the right replica's own HTTP server (routing.py decides which),
+streams the answer back unchanged (MP4s, SSE, HLS segments) and bridges the realtime
+WebSocket, so replicas run the same code as a single server. A background loop polls every
+replica's load and readiness and hands the unfinished jobs of a dead replica to a living one,
+which resumes them from their last completed chunk.
+"""
+
+
+import asyncio
+import logging
+import time
+
+import httpx
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from starlette.background import BackgroundTask
+
+from ...jobs.storage import JobFiles
+from ...jobs.store import ACTIVE_STATUSES, JobStore
+from .routing import ReplicaView, least_loaded, merge_metrics, orphaned_jobs
+
+logger = logging.getLogger(__name__)
+POLL_INTERVAL_S = 0.5
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
+CREATE_PATHS = ("/v1/videos", "/v1/videos/sync")
+
+app = FastAPI(title="helios-serve (Ray)", description="OpenAI-style video API over Ray Serve engine replicas.")
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return JSONResponse(body, status, headers=headers)
+
+
+@serve.deployment(max_ongoing_requests=1000)
+@serve.ingress(app)
+class HeliosIngress:
+    def __init__(self, replicas: dict, data_dir: str, api_key: str | None):
+        self.handles = replicas  # slot -> DeploymentHandle of a HeliosReplica deployment
+        self.views = {slot: ReplicaView(slot) for slot in replicas}
+        self.store = JobStore(JobFiles(data_dir).database)
+        self.internal_headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+        self.poller = asyncio.get_event_loop().create_task(self._poll_forever())
+
+    # -- replica health and job adoption ----------------------------------------------------
+    async def _poll_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.gather(*(self._poll(slot) for slot in self.handles))
+                await self._adopt_orphans()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one bad poll
+                logger.exception("polling the replicas failed")
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def _poll(self, slot: str) -> None:
+        view = self.views[slot]
+        try:
+            address = await asyncio.wait_for(self.handles[slot].address.remote(), timeout=2)
+            answer = await self.client.get(f"{address['url']}/internal/status", headers=self.internal_headers,
+                                           timeout=2)
+            answer.raise_for_status()
+            view.record_answer(answer.json(), address["url"], time.monotonic())
+        except Exception:  # noqa: BLE001 - an unreachable replica is the normal case being watched for
+            view.record_silence(time.monotonic())
+
+    async def _adopt_orphans(self) -> None:
+        active = [(r.id, r.owner) for r in await asyncio.to_thread(self.store.with_status, ACTIVE_STATUSES)]
+        views = list(self.views.values())
+        dead_slots = {instance: v.slot for v in views for instance in v.past_instances}
+        for owner, job_ids in orphaned_jobs(active, views).items():
+            target = least_loaded(views, avoid=dead_slots[owner])
+            if target is None:
+                return  # nobody can take them yet; retried at the next poll
+            answer = await self.client.post(f"{target.url}/internal/adopt", headers=self.internal_headers,
+                                            json={"job_ids": job_ids, "previous_owner": owner})
+            if answer.status_code == 200:
+                adopted = answer.json()["adopted"]
+                target.waiting += len(adopted)
+                logger.warning("replica instance %s is gone: %s resumed %s", owner, target.slot, adopted)
+
+    # -- the endpoint's own routes -------------------------------------------------------------
+    @app.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(self) -> JSONResponse:
+        replicas = {v.slot: {"ready": v.ready, "waiting": v.waiting, "running": v.running} for v in self.views.values()}
+        all_ready = all(v.ready for v in self.views.values())
+        return JSONResponse({"status": "ready" if all_ready else "not_ready", "replicas": replicas},
+                            200 if all_ready else 503)
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        live = [v for v in self.views.values() if v.url and v.instance]
+        answers = await asyncio.gather(*(self.client.get(f"{v.url}/metrics", timeout=5) for v in live),
+                                       return_exceptions=True)
+        texts = {v.slot: a.text for v, a in zip(live, answers) if isinstance(a, httpx.Response) and a.is_success}
+        lines = [
+            "# HELP helios_replicas_ready Engine replicas ready to serve.", "# TYPE helios_replicas_ready gauge",
+            f"helios_replicas_ready {sum(v.ready for v in self.views.values())}",
+            "# HELP helios_replicas Engine replicas deployed.", "# TYPE helios_replicas gauge",
+            f"helios_replicas {len(self.views)}",
+        ]
+        return Response(merge_metrics(texts) + "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    # -- forwarding ------------------------------------------------------------------------------
+    @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"])
+    async def forward(self, path: str, request: Request) -> Response:
+        path = "/" + path
+        if path.startswith("/internal/"):
+            return _error(404, "not_found", f"no route {path}")
+        creating = request.method == "POST" and path in CREATE_PATHS
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        body = await request.body()  # kept, so the request can go to another replica
+        tried: set[str] = set()
+        while (target := self._target(creating, path, tried)) is not None:
+            upstream = self.client.build_request(request.method, f"{target.url}{path}", params=request.query_params,
+                                                 headers=headers, content=body)
+            if creating:
+                target.waiting += 1  # counted now (the next poll corrects it), so a burst spreads out
+            try:
+                answer = await self.client.send(upstream, stream=True)
+            except httpx.TransportError as exc:
+                # It died since the last poll. Another replica can answer a read, or a create
+                # that never reached this one; a create that may have arrived is not repeated.
+                target.ready = False
+                if creating and not isinstance(exc, httpx.ConnectError):
+                    return _error(503, "replica_lost", f"replica {target.slot} failed mid-request; retry",
+                                  {"Retry-After": "2"})
+                tried.add(target.slot)
+                continue
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+            return StreamingResponse(answer.aiter_raw(), answer.status_code, headers=kept,
+                                     background=BackgroundTask(answer.aclose))
+        return _error(503, "no_replica_ready", "no engine replica is ready; retry shortly", {"Retry-After": "5"})
+
+    def _target(self, creating: bool, path: str, tried: set[str]) -> ReplicaView | None:
+        views = [v for v in self.views.values() if v.slot not in tried]
+        owner = None if creating else self._owner_of(path)
+        return owner if owner is not None and owner.slot not in tried else least_loaded(views)
+
+    def _owner_of(self, path: str) -> ReplicaView | None:
+        """The live replica that owns the job named in the path, if any (others can read the
+        shared store and files, e.g. for the videos of a replica that died)."""
+        parts = path.split("/")
+        if len(parts) < 4 or parts[1:3] != ["v1", "videos"]:
+            return None
+        record = self.store.get(parts[3])
+        return next((v for v in self.views.values() if record and v.ready and v.instance == record.owner), None)
+
+    # -- the realtime WebSocket ------------------------------------------------------------------
+    @app.websocket("/v1/realtime/video")
+    async def realtime(self, websocket: WebSocket) -> None:
+        """A live session stays on one replica: bridged for its whole life, both directions."""
+        import websockets
+
+        await websocket.accept()
+        target = least_loaded(list(self.views.values()))
+        if target is None:
+            await websocket.send_json({"type": "error", "message": "no engine replica is ready"})
+            await websocket.close(code=1013)
+            return
+        target.waiting += 1
+        query = websocket.url.query
+        url = target.url.replace("http://", "ws://") + "/v1/realtime/video" + (f"?{query}" if query else "")
+        headers = {k: v for k, v in websocket.headers.items() if k.lower() == "authorization"}
+        try:
+            upstream = await websockets.connect(url, additional_headers=headers, max_size=None)
+        except OSError:
+            target.ready = False
+            await websocket.send_json({"type": "error", "message": f"replica {target.slot} did not answer; retry"})
+            await websocket.close(code=1013)
+            return
+        async with upstream:
+
+            async def client_to_replica() -> None:
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        await upstream.close()
+                        return
+                    await upstream.send(message.get("text") or message.get("bytes"))
+
+            async def replica_to_client() -> None:
+                async for message in upstream:
+                    if isinstance(message, bytes):
+                        await websocket.send_bytes(message)
+                    else:
+                        await websocket.send_text(message)
+                await websocket.close()
+
+            tasks = [asyncio.create_task(client_to_replica()), asyncio.create_task(replica_to_client())]
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()

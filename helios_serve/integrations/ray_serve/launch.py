@@ -1,0 +1,99 @@
+"""``helios-serve serve MODEL --replicas N``: N engine replicas behind one endpoint on Ray Serve.
+
+Every replica and the ingress share ``--data-dir`` (the job store and the video files): on one
+machine that is just a directory; across machines it must be a shared filesystem mounted at the
+same path on every node (see README, "Scaling out with Ray").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from ...entrypoints.openai.api_server import ServerConfig
+
+
+@dataclass(frozen=True)
+class RayDeployment:
+    replicas: int = 1
+    ray_address: str | None = None
+    """None starts a local Ray instance; otherwise joins that cluster."""
+    gpus_per_replica: float | None = None
+    """None: 1 when the cluster has GPUs, else 0."""
+    cpus_per_replica: float = 1.0
+
+
+def build_application(config: ServerConfig, deployment: RayDeployment, gpus_per_replica: float, replica_host: str | None):
+    """The Ray Serve application: one deployment per replica slot, and the ingress over them."""
+    from .ingress import HeliosIngress
+    from .replica import HeliosReplica
+
+    resources = {"num_cpus": deployment.cpus_per_replica, "num_gpus": gpus_per_replica}
+    replicas = {
+        f"replica-{i}": HeliosReplica.options(name=f"helios-replica-{i}", ray_actor_options=resources).bind(
+            config, f"replica-{i}", replica_host
+        )
+        for i in range(deployment.replicas)
+    }
+    ingress = HeliosIngress.options(name="helios-ingress", ray_actor_options={"num_cpus": 0})
+    return ingress.bind(replicas, config.data_dir, config.api_key)
+
+
+def run_ray_deployment(config: ServerConfig, deployment: RayDeployment, host: str, port: int) -> int:
+    """Deploy, print where to connect, and serve until interrupted (then tear everything down)."""
+    if deployment.replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, got {deployment.replicas}")
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        raise ValueError("--replicas needs Ray Serve: pip install 'helios-serve[ray]'") from None
+
+    # Replicas run in other processes (other machines): they need the data dir's absolute path.
+    config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
+    os.makedirs(config.data_dir, exist_ok=True)
+    started = time.monotonic()
+    ray.init(address=deployment.ray_address, namespace="helios-serve", include_dashboard=False)
+    gpus = deployment.gpus_per_replica
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    # A local Ray keeps replicas on this machine, reachable on loopback; in a cluster each
+    # replica serves on its own node's address (None: decided inside the replica).
+    replica_host = "127.0.0.1" if deployment.ray_address is None else None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly when stopped by pid
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        application = build_application(config, deployment, gpus, replica_host)
+        serve.run(application, name="helios", route_prefix="/", logging_config={"enable_access_log": False})
+        base = f"http://{host}:{port}"
+        print(f"helios-serve: {deployment.replicas} replica(s) of {config.model} on Ray Serve at {base} "
+              f"({gpus:g} GPU, {deployment.cpus_per_replica:g} CPU each)", flush=True)
+        print(f"  API       {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)
+        print(f"  readiness {base}/ready (all replicas); metrics {base}/metrics (per replica and total)", flush=True)
+        _wait_until_ready(base, started)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _wait_until_ready(base: str, started: float) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per readiness poll
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+                print(f"helios-serve: all replicas ready after {time.monotonic() - started:.1f} s", flush=True)
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)

@@ -1,0 +1,106 @@
+"""Routing decisions of the Ray ingress, kept free of Ray, HTTP and torch so they are plain to test.
+
+- New work goes to the ready replica with the least queued + running requests.
+- A job's requests go to the replica that owns it (the job store records the owner).
+- A replica instance is dead once its slot reports a new instance (Ray Serve restarted it) or
+  has not answered for ``DEAD_AFTER_S``; its unfinished jobs are then handed to a living replica.
+- /metrics of all replicas are merged: every series once per replica, plus the total.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+DEAD_AFTER_S = 10.0
+
+
+@dataclass
+class ReplicaView:
+    """What the router knows of one replica slot (one Ray Serve deployment of one replica)."""
+
+    slot: str
+    url: str | None = None
+    instance: str | None = None
+    ready: bool = False
+    waiting: int = 0
+    running: int = 0
+    last_seen: float | None = None
+    """Monotonic time of the last answer; None if it never answered."""
+    past_instances: set[str] = field(default_factory=set)
+    """Instances this slot had before a restart: certainly dead."""
+
+    @property
+    def load(self) -> int:
+        return self.waiting + self.running
+
+    def record_answer(self, status: dict, url: str, now: float) -> None:
+        if self.instance is not None and status["instance"] != self.instance:
+            self.past_instances.add(self.instance)
+        self.instance, self.url, self.last_seen = status["instance"], url, now
+        self.ready = bool(status["ready"])
+        self.waiting, self.running = int(status["waiting"]), int(status["running"])
+
+    def record_silence(self, now: float) -> None:
+        self.ready = False
+        if self.instance is not None and self.last_seen is not None and now - self.last_seen >= DEAD_AFTER_S:
+            self.past_instances.add(self.instance)
+            self.instance = None
+
+
+def least_loaded(replicas: list[ReplicaView], avoid: str | None = None) -> ReplicaView | None:
+    """The ready replica with the least work (ties: slot order); ``avoid`` a slot if another is ready."""
+    ready = [r for r in replicas if r.ready and r.url]
+    preferred = [r for r in ready if r.slot != avoid] or ready
+    return min(preferred, key=lambda r: (r.load, r.slot), default=None)
+
+
+def dead_instances(replicas: list[ReplicaView]) -> dict[str, str]:
+    """Dead instance id -> the slot it belonged to."""
+    return {instance: r.slot for r in replicas for instance in r.past_instances}
+
+
+def orphaned_jobs(active_jobs: list[tuple[str, str | None]], replicas: list[ReplicaView]) -> dict[str, list[str]]:
+    """Unfinished jobs (id, owner) whose owner is dead, grouped by that owner."""
+    dead = dead_instances(replicas)
+    orphans: dict[str, list[str]] = defaultdict(list)
+    for job_id, owner in active_jobs:
+        if owner in dead:
+            orphans[owner].append(job_id)
+    return dict(orphans)
+
+
+def merge_metrics(texts: dict[str, str]) -> str:
+    """Prometheus exposition of several replicas: each series with a ``replica`` label, and the
+    sum over replicas without it (counters, gauges, histogram buckets and sums add up)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, tuple[str, str, str]] = {}
+    per_replica: dict[str, list[str]] = defaultdict(list)
+    totals: dict[str, dict[tuple, float]] = defaultdict(lambda: defaultdict(float))
+    for slot, text in sorted(texts.items()):
+        for family in text_string_to_metric_families(text):
+            # The text format names a counter family by its _total series.
+            name = f"{family.name}_total" if family.type == "counter" else family.name
+            families.setdefault(family.name, (name, family.type, family.documentation))
+            for sample in family.samples:
+                if sample.name.endswith("_created"):  # creation timestamps do not add up
+                    continue
+                labels = tuple(sorted(sample.labels.items()))
+                per_replica[family.name].append(_sample_line(sample.name, (("replica", slot), *labels), sample.value))
+                totals[family.name][(sample.name, labels)] += sample.value
+    lines = []
+    for family, (name, kind, documentation) in families.items():
+        lines += [f"# HELP {name} {documentation}", f"# TYPE {name} {kind}"]
+        lines += [_sample_line(sample, labels, value) for (sample, labels), value in totals[family].items()]
+        lines += per_replica[family]
+    return "\n".join(lines) + "\n"
+
+
+def _sample_line(name: str, labels: tuple, value: float) -> str:
+    rendered = ",".join(f'{key}="{_escape(str(val))}"' for key, val in labels)
+    return f"{name}{{{rendered}}} {value!r}" if rendered else f"{name} {value!r}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')

@@ -1,0 +1,70 @@
+"""The Ray ingress's routing decisions (helios_serve.integrations.ray_serve.routing), without Ray."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from helios_serve.integrations.ray_serve.routing import (
+    DEAD_AFTER_S,
+    ReplicaView,
+    least_loaded,
+    merge_metrics,
+    orphaned_jobs,
+)
+
+
+def view(slot, instance, waiting=0, running=0, ready=True):
+    replica = ReplicaView(slot)
+    replica.record_answer({"instance": instance, "ready": ready, "waiting": waiting, "running": running},
+                          f"http://{slot}", now=0.0)
+    return replica
+
+
+def test_new_work_goes_to_the_ready_replica_with_the_least_work():
+    replicas = [view("a", "a-1", waiting=2, running=1), view("b", "b-1", running=2), view("c", "c-1", ready=False)]
+    assert least_loaded(replicas).slot == "b"
+    replicas[1].waiting = 5
+    assert least_loaded(replicas).slot == "a"
+    assert least_loaded(replicas, avoid="a").slot == "b"  # another ready replica exists
+    assert least_loaded([replicas[0]], avoid="a").slot == "a"  # nobody else: still served
+    assert least_loaded([replicas[2]]) is None
+
+
+def test_a_restarted_or_long_silent_replica_instance_is_dead_and_its_jobs_are_orphans():
+    a, b = view("a", "a-1"), view("b", "b-1")
+    jobs = [("j1", "a-1"), ("j2", "b-1"), ("j3", "a-1"), ("j4", None)]
+    assert orphaned_jobs(jobs, [a, b]) == {}
+    a.record_answer({"instance": "a-2", "ready": True, "waiting": 0, "running": 0}, "http://a", now=1.0)
+    assert orphaned_jobs(jobs, [a, b]) == {"a-1": ["j1", "j3"]}
+    b.record_silence(now=DEAD_AFTER_S - 1)  # silent but not for long: maybe just slow
+    assert not b.ready and "b-1" not in orphaned_jobs(jobs, [a, b])
+    b.record_silence(now=DEAD_AFTER_S + 1)
+    assert orphaned_jobs(jobs, [a, b])["b-1"] == ["j2"]
+
+
+def test_metrics_are_merged_per_replica_and_in_total():
+    text = """# HELP helios_frames Frames generated.
+# TYPE helios_frames counter
+helios_frames_total {frames}
+helios_frames_created 1.7e9
+# HELP helios_queue_depth Waiting requests.
+# TYPE helios_queue_depth gauge
+helios_queue_depth {waiting}
+# HELP helios_ttfc_seconds Time to first chunk.
+# TYPE helios_ttfc_seconds histogram
+helios_ttfc_seconds_bucket{{le="1.0"}} {fast}
+helios_ttfc_seconds_bucket{{le="+Inf"}} 3.0
+helios_ttfc_seconds_count 3.0
+helios_ttfc_seconds_sum {total}
+"""
+    merged = merge_metrics({"replica-0": text.format(frames=99, waiting=1, fast=1, total=2.5),
+                            "replica-1": text.format(frames=33, waiting=4, fast=2, total=1.5)})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(merged) for s in family.samples}
+    assert samples[("helios_frames_total", ())] == 132
+    assert samples[("helios_frames_total", (("replica", "replica-1"),))] == 33
+    assert samples[("helios_queue_depth", ())] == 5
+    assert samples[("helios_ttfc_seconds_bucket", (("le", "1.0"),))] == 3
+    assert samples[("helios_ttfc_seconds_bucket", (("le", "1.0"), ("replica", "replica-0")))] == 1
+    assert samples[("helios_ttfc_seconds_sum", ())] == 4.0
+    assert not any(name.endswith("_created") for name, _ in samples)
