@@ -34,3 +34,18 @@ def test_kernel_benchmarks_explain_themselves_without_a_gpu():
         if not torch.cuda.is_available():
             result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
             assert result.returncode != 0 and "need a CUDA GPU" in result.stderr, script.name
+
+
+def test_replica_benchmark_runs_one_and_two_replicas():
+    """benchmarks/benchmark_replicas.py: the same jobs on 1 and 2 Ray Serve replicas."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "benchmark_replicas.py"), "--replicas", "1", "2", "--jobs", "2",
+         "--num-frames", "33", "--size", "128x64", "--json"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    one, two = report["runs"]
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    assert one["frames_per_second"] > 0 and two["frames_per_second"] > 0
+    assert set(two["jobs_per_replica"]) == {"replica-0", "replica-1"}  # the work was spread
+    print(f"2 vs 1 replicas: {two['speedup_vs_first']}x")

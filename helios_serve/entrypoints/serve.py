@@ -90,7 +90,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.replicas is not None or args.ray_address is not None:
         from ..integrations.ray_serve.launch import RayDeployment, run_ray_deployment
 
-        deployment = RayDeployment(replicas=args.replicas or 1, ray_address=args.ray_address,
+        replicas = 1 if args.replicas is None else args.replicas  # --ray-address alone: one replica
+        deployment = RayDeployment(replicas=replicas, ray_address=args.ray_address,
                                    gpus_per_replica=args.gpus_per_replica, cpus_per_replica=args.cpus_per_replica)
         return run_ray_deployment(config, deployment, args.host, args.port)
     base = f"http://{args.host}:{args.port}"
