@@ -66,9 +66,10 @@ def test_engine_plugins_are_declared_and_load_their_engine_lazily():
     probe = (
         "import sys, os; os.environ.pop('HELIOS_OMNI_CPU', None)\n"
         "import helios_serve.integrations.vllm_omni as v, helios_serve.integrations.sglang\n"
+        "import helios_serve.integrations.ray_serve, helios_serve.cli\n"
         "assert v.cpu_platform() is None\n"
         "os.environ['HELIOS_OMNI_CPU'] = '1'; assert v.cpu_platform().endswith('CpuOmniPlatform')\n"
-        "assert not {'vllm', 'vllm_omni', 'sglang', 'torch'} & set(sys.modules), sorted(sys.modules)\n"
+        "assert not {'vllm', 'vllm_omni', 'sglang', 'ray', 'torch'} & set(sys.modules), sorted(sys.modules)\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True)
     # Nothing outside helios_serve/integrations imports an engine.
@@ -76,5 +77,5 @@ def test_engine_plugins_are_declared_and_load_their_engine_lazily():
         for path in (REPO / folder).rglob("*.py"):
             if "integrations" in path.parts:
                 continue
-            engines = {m for m in _absolute_imports(path) if m.split(".")[0] in ("vllm", "vllm_omni", "sglang")}
+            engines = {m for m in _absolute_imports(path) if m.split(".")[0] in ("vllm", "vllm_omni", "sglang", "ray")}
             assert not engines, (path, engines)

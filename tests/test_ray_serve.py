@@ -108,6 +108,16 @@ def test_streams_pass_through_the_ingress(cluster):
     assert seen.count("video.chunk_metadata") == 2 and received > 0
 
 
+def test_cancel_reaches_the_owning_replica(cluster):
+    video_id = create(cluster, num_frames=660, size="192x128", seed=8)
+    assert httpx.delete(f"{cluster.api}/videos/{video_id}", timeout=60).status_code == 200
+    assert httpx.get(f"{cluster.api}/videos/{video_id}", timeout=30).status_code == 404
+    deadline = time.monotonic() + 30  # the owner's engine lets the request go at its next step
+    while "helios_running_requests 0.0" not in httpx.get(f"{cluster.url}/metrics", timeout=30).text:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
 def test_metrics_and_readiness_cover_every_replica(cluster):
     ready = httpx.get(f"{cluster.url}/ready", timeout=30)
     assert ready.status_code == 200 and set(ready.json()["replicas"]) == {"replica-0", "replica-1"}

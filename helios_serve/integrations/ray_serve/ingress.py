@@ -20,7 +20,7 @@ from starlette.background import BackgroundTask
 
 from ...jobs.storage import JobFiles
 from ...jobs.store import ACTIVE_STATUSES, JobStore
-from .routing import ReplicaView, least_loaded, merge_metrics, orphaned_jobs
+from .routing import ReplicaView, dead_instances, least_loaded, merge_metrics, orphaned_jobs
 
 logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.5
@@ -71,9 +71,9 @@ class HeliosIngress:
     async def _adopt_orphans(self) -> None:
         active = [(r.id, r.owner) for r in await asyncio.to_thread(self.store.with_status, ACTIVE_STATUSES)]
         views = list(self.views.values())
-        dead_slots = {instance: v.slot for v in views for instance in v.past_instances}
+        dead = dead_instances(views)
         for owner, job_ids in orphaned_jobs(active, views).items():
-            target = least_loaded(views, avoid=dead_slots[owner])
+            target = least_loaded(views, avoid=dead[owner])
             if target is None:
                 return  # nobody can take them yet; retried at the next poll
             answer = await self.client.post(f"{target.url}/internal/adopt", headers=self.internal_headers,
