@@ -106,10 +106,7 @@ class HeliosServeStage(PipelineStage):
     def _fields(sampling: SamplingParams) -> dict[str, Any]:
         fields = dict(sampling.diffusers_kwargs or {})  # Helios extras, e.g. pyramid_num_inference_steps_list
         for name in ("negative_prompt", "num_frames", "height", "width", "seed", "guidance_scale", "num_inference_steps"):
-            value = getattr(sampling, name, None)
-            if isinstance(value, list):  # SGLang allows lists for batched prompts; one video per request here
-                value = value[0]
-            fields[name] = value
+            fields[name] = _first(getattr(sampling, name, None))
         image, video = _first(sampling.image_path), _first(sampling.video_path)
         if image:
             fields["image"] = Image.open(image).convert("RGB")
@@ -119,6 +116,7 @@ class HeliosServeStage(PipelineStage):
 
 
 def _first(value):
+    """SGLang allows lists (for batched prompts); one video per request here."""
     return value[0] if isinstance(value, list) and value else value
 
 
