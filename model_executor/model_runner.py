@@ -143,8 +143,10 @@ class ModelRunner:
     def finish_chunk(self, request_id: str, state: RequestState | None = None) -> DecodedChunk:
         """Close the chunk and decode it: uint8 frames [T, H, W, 3], the last chunk trimmed to 4n+1.
 
-        ``state`` defaults to the runner's own state for the id, which is dropped after its last chunk.
+        ``state`` defaults to the runner's own state for the id; the runner drops its own states
+        after their last chunk (a caller that owns its state keeps it).
         """
+        owned = state is None
         state = state or self.requests[request_id]
         chunk_index = state.chunk_index
         latents = self.procedure.finish_chunk(state)
@@ -154,7 +156,7 @@ class ModelRunner:
         if state.spec.resumable:
             anchor = state.anchor.cpu().clone() if state.anchor is not None else None
             snapshot = ResumeSnapshot(state.chunk_index, state.history.cpu().clone(), anchor, state.generator.get_state())
-        if state.is_finished:
+        if state.is_finished and owned:
             self.remove_request(request_id)
         return DecodedChunk(request_id, chunk_index, frames.numpy(), snapshot)
 

@@ -112,11 +112,14 @@ class ChunkProcedure:
     # -- denoising steps -----------------------------------------------------------------
     def model_timestep(self, state: RequestState) -> float:
         """The timestep fed to the transformer at the request's next step."""
-        return float(self.model_timesteps(state)[state.step_index])
+        return float(self._as_model_time(state.schedule.timesteps[state.step_index]))
 
     def model_timesteps(self, state: RequestState) -> torch.Tensor:
-        """The transformer timesteps of the current stage; the pyramid pipelines truncate them to integers."""
-        timesteps = state.schedule.timesteps
+        """The transformer timesteps of the whole current stage."""
+        return self._as_model_time(state.schedule.timesteps)
+
+    def _as_model_time(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The pyramid pipelines truncate the transformer's timesteps to integers."""
         return timesteps.to(torch.int64).to(timesteps.dtype) if self.variant.is_pyramid else timesteps
 
     def model_rows(self, state: RequestState) -> list[torch.Tensor]:

@@ -70,6 +70,11 @@ class RequestSpec:
             return tuple(2 * n for n in self.stage_steps)
         return self.stage_steps
 
+    @property
+    def num_forwards(self) -> int:
+        """Denoising forwards of the chunks still to make (a CFG pair counts once)."""
+        return sum(sum(self.steps_in_chunk(c)) for c in range(self.start_chunk, self.num_chunks))
+
     def frames_in_chunk(self, chunk_index: int) -> int:
         return chunk_frame_counts(self.num_frames)[chunk_index]
 

@@ -85,9 +85,8 @@ class HeliosServeStage(PipelineStage):
         runner = self.runner
         spec = request_spec(batch.prompt, self._fields(batch.sampling_params), runner.variant, runner.vae is not None)
         state = runner.create_state(spec)
-        steps = sum(sum(spec.steps_in_chunk(c)) for c in range(spec.num_chunks))
         frames = []
-        with self.progress_bar(total=steps, batch=batch) as progress:
+        with self.progress_bar(total=spec.num_forwards, batch=batch) as progress:
             while not state.is_finished:
                 runner.procedure.begin_chunk(state)
                 while True:

@@ -88,7 +88,7 @@ def get_pre_process_func(od_config):
         # The steps per stage are pinned here because num_inference_steps is taken over for
         # vLLM-Omni's step scheduler, which counts a request's denoising forwards in it.
         sampling.extra_args = {**(sampling.extra_args or {}), "pyramid_num_inference_steps_list": list(spec.stage_steps)}
-        sampling.num_inference_steps = _num_forwards(spec)
+        sampling.num_inference_steps = spec.num_forwards
         # The packed latent rows (see the module docstring) need equal sizes in a batch.
         request.batch_compatibility_key = ("helios-serve", spec.height, spec.width)
         return request
@@ -153,7 +153,7 @@ class HeliosServePipeline(nn.Module):
         state.chunk_index = helios.chunk_index
         state.step_index = 0
         # One timestep per forward of the whole request, filled in as each stage starts.
-        state.timesteps = torch.zeros(_num_forwards(spec), dtype=torch.float32)
+        state.timesteps = torch.zeros(spec.num_forwards, dtype=torch.float32)
         self._begin_chunk(state)
         return state
 
@@ -263,11 +263,6 @@ class HeliosServePipeline(nn.Module):
     def _row_size(spec: RequestSpec) -> int:
         """Numbers in a full-resolution chunk of latents: the packed row length."""
         return LATENT_CHANNELS * LATENT_FRAMES_PER_CHUNK * (spec.height // 8) * (spec.width // 8)
-
-
-def _num_forwards(spec: RequestSpec) -> int:
-    """Denoising forwards of a whole request (a CFG pair counts once)."""
-    return sum(sum(spec.steps_in_chunk(c)) for c in range(spec.start_chunk, spec.num_chunks))
 
 
 def _pack(latents: torch.Tensor, size: int) -> torch.Tensor:
