@@ -79,6 +79,48 @@ def _add_generate_parser(subparsers) -> None:
     parser.set_defaults(handler=_run_generate)
 
 
+def _add_estimate_parser(subparsers) -> None:
+    from .hardware import ACCELERATORS
+
+    parser = subparsers.add_parser(
+        "estimate",
+        help="predict frames/s, real-time streams and memory per GPU from FLOP counts",
+        description=(
+            "A cost model from first principles: tokens per forward at each pyramid stage (with the "
+            "compressed history), FLOPs per forward, chunk and frame for the model's sampling recipe, "
+            "VAE decode and text encoder costs, weight and activation memory. It prints the frames "
+            "per second one GPU makes at the given efficiency (MFU: the fraction of the GPU's dense "
+            "bf16 peak the whole pipeline achieves), the real-time streams it can carry, the GPUs N "
+            "streams need, and the memory headroom. No GPU or weights are needed."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", default="helios-distilled",
+                        help="helios-base, helios-mid, helios-distilled, or a diffusers-format checkpoint directory")
+    parser.add_argument("--gpu", default="h100", choices=sorted(ACCELERATORS), help="accelerator")
+    parser.add_argument("--mfu", type=float, default=0.5, help="achieved fraction of the dense bf16 peak")
+    parser.add_argument("--streams", type=int, default=1, help="concurrent real-time streams to provision for")
+    parser.add_argument("--steps", default=None,
+                        help="denoising steps, per stage for pyramid models, e.g. 1,1,1 [the model's recipe]")
+    parser.add_argument("--guidance-scale", type=float, default=None,
+                        help="> 1 runs a CFG row per request [the model's recipe]")
+    parser.add_argument("--no-amplify", action="store_true",
+                        help="do not double the first chunk's steps (Distilled amplifies it by default)")
+    parser.add_argument("--num-frames", type=int, default=None,
+                        help="frames per request, to spread per-request costs [the model's default]")
+    parser.add_argument("--height", type=int, default=384, help="video height in pixels")
+    parser.add_argument("--width", type=int, default=640, help="video width in pixels")
+    parser.add_argument("--fps", type=float, default=24.0, help="playback frame rate of a real-time stream")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    parser.set_defaults(handler=_run_estimate)
+
+
+def _run_estimate(args: argparse.Namespace) -> int:
+    from .estimate import run_estimate
+
+    return run_estimate(args)
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     from .generate import run_generate
 
@@ -97,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.choices["serve"].set_defaults(handler=run_serve)
     _add_generate_parser(subparsers)
     _add_check_parser(subparsers)
+    _add_estimate_parser(subparsers)
     return parser
 
 

@@ -51,7 +51,8 @@ def rotary_grid(
     """
     device = frame_indices.device
     batch, num_frames = frame_indices.shape
-    with torch.autocast(device_type=device.type, enabled=False):
+    # Meta tensors (FLOP counting) have no autocast of their own; the CPU one stands in.
+    with torch.autocast(device_type="cpu" if device.type == "meta" else device.type, enabled=False):
         t = frame_indices.to(torch.float32)[:, :, None, None].expand(batch, num_frames, height, width)
         y = torch.arange(height, dtype=torch.float32, device=device)[None, None, :, None].expand_as(t)
         x = torch.arange(width, dtype=torch.float32, device=device)[None, None, None, :].expand_as(t)

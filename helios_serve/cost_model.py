@@ -1,0 +1,176 @@
+"""Helios costs from first principles: tokens, FLOPs and memory (performance-model.md §3).
+
+Torch-free arithmetic on the model's configuration. FLOPs count what torch's FlopCounterMode
+counts (matrix multiplies, convolutions and attention, a multiply-add being 2 FLOPs); the
+elementwise work (norms, RoPE, modulation) is left out, as it is there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .model_executor.config import HeliosTransformerConfig
+from .model_executor.step_io import LATENT_FRAMES_PER_CHUNK
+
+TEXT_TOKENS = 512
+"""Prompts are zero-padded to 512 UMT5 tokens, and every forward attends to all of them."""
+HISTORY_FRAMES = (16, 2, 2)
+"""Latent frames of the long, mid and short history terms (short = first-frame anchor + 1)."""
+SPATIAL_COMPRESSION = 8
+
+
+def stage_latent_sizes(height: int, width: int, num_stages: int) -> list[tuple[int, int]]:
+    """Latent (h, w) of each pyramid stage: each stage before the last halves both sides."""
+    h, w = height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION
+    return [(h >> (num_stages - 1 - s), w >> (num_stages - 1 - s)) for s in range(num_stages)]
+
+
+def forward_tokens(config: HeliosTransformerConfig, height: int, width: int, num_stages: int) -> list[dict[str, int]]:
+    """Token counts (noisy, history terms, total) of one forward at each pyramid stage.
+
+    History is always at full latent resolution; only the noisy chunk shrinks.
+    """
+    full_h, full_w = stage_latent_sizes(height, width, 1)[0]
+    history = config.token_counts(full_h, full_w, LATENT_FRAMES_PER_CHUNK, HISTORY_FRAMES)
+    stages = []
+    for h, w in stage_latent_sizes(height, width, num_stages):
+        noisy = config.token_counts(h, w, LATENT_FRAMES_PER_CHUNK, HISTORY_FRAMES)["noisy"]
+        counts = {term: history[term] for term in ("long", "mid", "short", "history")}
+        stages.append({**counts, "noisy": noisy, "total": noisy + history["history"]})
+    return stages
+
+
+def transformer_flops(config: HeliosTransformerConfig, tokens: dict[str, int], text_tokens: int = TEXT_TOKENS) -> dict:
+    """FLOPs of one transformer forward of ONE row (a CFG pair is two rows), by part."""
+    d, ffn, layers = config.inner_dim, config.ffn_dim, config.num_layers
+    seq, noisy = tokens["total"], tokens["noisy"]
+    patch_volume = math.prod(config.patch_size)
+    channels = config.in_channels
+    # Each history term's kernel is 1x, 2x, 4x the patch in every dimension.
+    embed = 2 * d * channels * patch_volume * (
+        noisy + tokens["short"] + tokens["mid"] * 2**3 + tokens["long"] * 4**3
+    )
+    # The time MLP runs for the row's timestep; the history's timestep-0 conditioning is
+    # computed once per forward, not per row, and is too small to matter (< 1e-6 of a forward).
+    time = 2 * (config.freq_dim * d + d * d + d * 6 * d)
+    text = 2 * text_tokens * (config.text_dim * d + d * d)
+    cross_tokens = noisy if config.guidance_cross_attn else seq
+    per_layer = {
+        "self_attention_projections": 2 * seq * d * 4 * d,
+        "self_attention": 4 * seq * seq * d,
+        "cross_attention": 2 * cross_tokens * d * 2 * d + 2 * text_tokens * d * 2 * d + 4 * cross_tokens * text_tokens * d,
+        "ffn": 2 * seq * d * 2 * ffn,
+    }
+    parts = {name: layers * flops for name, flops in per_layer.items()}
+    parts["embeddings"] = embed + time + text
+    parts["head"] = 2 * noisy * d * config.out_channels * patch_volume
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def transformer_parameters(config: HeliosTransformerConfig) -> int:
+    d, ffn = config.inner_dim, config.ffn_dim
+    patch_volume = math.prod(config.patch_size)
+    linear = lambda fan_in, fan_out: fan_in * fan_out + fan_out  # noqa: E731 - weight + bias
+    # The noisy chunk's patch embedding, then the short, mid and long history terms' own.
+    embed = sum(linear(config.in_channels * patch_volume * s**3, d) for s in (1, 1, 2, 4))
+    embed += linear(config.freq_dim, d) + linear(d, d) + linear(d, 6 * d)
+    embed += linear(config.text_dim, d) + linear(d, d)
+    block = 4 * linear(d, d) + 2 * d  # self-attention q, k, v, o + q/k RMSNorm weights
+    block += 4 * linear(d, d) + 2 * d  # cross-attention
+    block += linear(d, ffn) + linear(ffn, d) + 6 * d  # FFN + modulation table
+    block += 2 * d if config.cross_attn_norm else 0
+    if config.is_amplify_history:
+        block += config.num_attention_heads if config.history_scale_mode == "per_head" else 1
+    head = linear(d, config.out_channels * patch_volume) + 2 * d
+    return embed + config.num_layers * block + head
+
+
+@dataclass(frozen=True)
+class Umt5Config:
+    """UMT5-XXL encoder of the released checkpoints."""
+
+    d_model: int = 4096
+    num_layers: int = 24
+    d_ff: int = 10240
+    num_heads: int = 64
+    d_kv: int = 64
+    vocab_size: int = 256384
+
+
+def text_encoder_flops(tokens: int = TEXT_TOKENS, config: Umt5Config = Umt5Config()) -> int:
+    """One prompt through the encoder: q, k, v, o projections, attention and a gated-GELU FFN."""
+    inner = config.num_heads * config.d_kv
+    per_token = 2 * (4 * config.d_model * inner + 3 * config.d_model * config.d_ff)
+    attention = 4 * tokens * tokens * inner
+    return config.num_layers * (tokens * per_token + attention)
+
+
+def text_encoder_parameters(config: Umt5Config = Umt5Config()) -> int:
+    inner = config.num_heads * config.d_kv
+    per_layer = 4 * config.d_model * inner + 3 * config.d_model * config.d_ff + 2 * config.d_model
+    relative_bias = 32 * config.num_heads * config.num_layers  # UMT5: one bias table per layer
+    return config.vocab_size * config.d_model + config.num_layers * per_layer + relative_bias + config.d_model
+
+
+@dataclass(frozen=True)
+class WanVaeConfig:
+    """The Wan-2.1 VAE decoder as the checkpoints configure it (diffusers AutoencoderKLWan)."""
+
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_upsample: tuple[bool, ...] = (True, True, False)
+
+
+def vae_decode_flops(latent_frames: int, latent_h: int, latent_w: int, config: WanVaeConfig = WanVaeConfig()) -> int:
+    """Decode of ``latent_frames`` latents to 1 + 4 (T - 1) frames at 8x the size.
+
+    The decoder walks the latents one frame at a time with a causal cache, so every conv costs
+    what it would on the whole clip: 2 x C_in x C_out x kernel volume per output voxel.
+    """
+    conv = lambda c_in, c_out, k, voxels: 2 * c_in * c_out * k * voxels  # noqa: E731
+    dims = [config.base_dim * m for m in (config.dim_mult[-1], *config.dim_mult[::-1])]
+    frames, h, w = latent_frames, latent_h, latent_w
+
+    def residual(c_in, c_out, voxels):
+        shortcut = conv(c_in, c_out, 1, voxels) if c_in != c_out else 0
+        return conv(c_in, c_out, 27, voxels) + conv(c_out, c_out, 27, voxels) + shortcut
+
+    voxels = frames * h * w
+    flops = conv(config.z_dim, config.z_dim, 1, voxels)  # post_quant_conv
+    flops += conv(config.z_dim, dims[0], 27, voxels)  # conv_in
+    tokens = h * w  # mid-block attention: one head over each frame's pixels
+    flops += 2 * residual(dims[0], dims[0], voxels)
+    flops += frames * (conv(dims[0], 3 * dims[0], 1, tokens) + 4 * tokens * tokens * dims[0] + conv(dims[0], dims[0], 1, tokens))
+    for i, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
+        c_in = c_in // 2 if i > 0 else c_in  # each upsampler halves the channels it hands on
+        for j in range(config.num_res_blocks + 1):
+            flops += residual(c_in if j == 0 else c_out, c_out, frames * h * w)
+        if i == len(config.dim_mult) - 1:
+            break
+        if config.temporal_upsample[i]:
+            # A causal conv doubles the channels into time; the first frame is never upsampled.
+            flops += conv(c_out, 2 * c_out, 3, (frames - 1) * h * w)
+            frames = 1 + 2 * (frames - 1)
+        h, w = 2 * h, 2 * w
+        flops += conv(c_out, c_out // 2, 9, frames * h * w)  # nearest x2 then a 3x3 conv
+    flops += conv(dims[-1], 3, 27, frames * h * w)  # conv_out
+    return flops
+
+
+
+# -- memory ------------------------------------------------------------------------------------
+GIB = 1024**3
+
+
+def activation_bytes_per_token(config: HeliosTransformerConfig, bytes_per_element: int = 2) -> int:
+    """Peak live activations of one block per token: the fp32 residual stream, the normed input,
+    fused q|k|v, the attention output, the FFN's GELU input and output, and the reference's
+    per-token fp32 modulation ([6, D] plus the time embedding)."""
+    d = config.inner_dim
+    stream = 4 * d + bytes_per_element * (d + 3 * d + d + 2 * config.ffn_dim)
+    modulation = 4 * 7 * d
+    return stream + modulation

@@ -1,0 +1,201 @@
+"""``helios-serve estimate``: frames per second, real-time streams and memory per GPU, predicted.
+
+Everything follows from FLOP counts (cost_model.py) at an assumed efficiency (MFU): the whole
+pipeline, DiT, VAE decode and prompt encoding, is taken to run at that fraction of the GPU's
+dense bf16 peak. One GPU serves its streams by batching them, so they share its frames/s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from .cost_model import (
+    GIB,
+    activation_bytes_per_token,
+    forward_tokens,
+    stage_latent_sizes,
+    text_encoder_flops,
+    text_encoder_parameters,
+    transformer_flops,
+    transformer_parameters,
+    vae_decode_flops,
+)
+from .hardware import ACCELERATORS, Accelerator
+from .model_executor.config import HeliosTransformerConfig
+from .model_executor.step_io import LATENT_FRAMES_PER_CHUNK, chunk_frame_counts
+
+WAN_VAE_PARAMETERS = 126_892_531
+"""diffusers AutoencoderKLWan() as released with Wan-2.1 (encoder and decoder; checked in tests)."""
+VAE_DECODE_WORKSPACE_GIB = 6.2
+"""Peak memory of an fp32 VAE decode of one 384x640 chunk (vLLM-Omni's Helios recipe, A100);
+scaled with the pixel count."""
+RUNTIME_OVERHEAD_GIB = 2.0
+"""CUDA context, cuBLAS/attention workspaces and allocator slack."""
+STATE_BYTES_PER_STREAM_FP32_LATENT_FRAMES = 20 + LATENT_FRAMES_PER_CHUNK
+"""History (16 + 2 + 1 + anchor) and the noisy chunk, fp32, kept per stream between steps."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    variant: str
+    stage_steps: tuple[int, ...]
+    use_cfg: bool
+    amplify_first_chunk: bool
+    height: int = 384
+    width: int = 640
+    num_frames: int = 240
+    playback_fps: float = 24.0
+
+
+def estimate(config: HeliosTransformerConfig, work: Workload, gpu: Accelerator, mfu: float, streams: int = 1) -> dict:
+    rows = 2 if work.use_cfg else 1
+    stages = forward_tokens(config, work.height, work.width, len(work.stage_steps))
+    forward_tflop = [transformer_flops(config, tokens)["total"] / 1e12 for tokens in stages]
+    chunk_tflop = rows * sum(n * f for n, f in zip(work.stage_steps, forward_tflop))
+    full_h, full_w = stage_latent_sizes(work.height, work.width, 1)[0]
+    vae_tflop = vae_decode_flops(LATENT_FRAMES_PER_CHUNK, full_h, full_w) / 1e12
+    text_tflop = rows * text_encoder_flops() / 1e12
+
+    chunks = chunk_frame_counts(work.num_frames)
+    frames = sum(chunks)
+    amplified = chunk_tflop if work.amplify_first_chunk else 0.0  # the first chunk runs twice the steps
+    request_tflop = len(chunks) * (chunk_tflop + vae_tflop) + amplified + text_tflop
+    achieved_tflops = gpu.bf16_tflops * mfu
+    fps = frames / (request_tflop / achieved_tflops)
+    realtime_factor = fps / work.playback_fps
+    streams_per_gpu = math.floor(realtime_factor)
+    memory = _memory(config, stages[-1]["total"], rows, work, gpu)
+    return {
+        "variant": work.variant,
+        "gpu": gpu.name,
+        "mfu": mfu,
+        "size": f"{work.width}x{work.height}",
+        "stage_steps": list(work.stage_steps),
+        "cfg": work.use_cfg,
+        "amplify_first_chunk": work.amplify_first_chunk,
+        "num_frames": frames,
+        "playback_fps": work.playback_fps,
+        "history_tokens": stages[0]["history"],
+        "tokens_per_forward": [s["total"] for s in stages],
+        "noisy_tokens_per_forward": [s["noisy"] for s in stages],
+        "tflop_per_forward": forward_tflop,
+        "forwards_per_chunk": rows * sum(work.stage_steps),
+        "tflop_per_chunk": chunk_tflop,
+        "tflop_per_frame": chunk_tflop / chunks[0],
+        "vae_tflop_per_chunk": vae_tflop,
+        "text_encoder_tflop_per_request": text_tflop,
+        "request_tflop": request_tflop,
+        "pipeline_tflop_per_frame": request_tflop / frames,
+        "seconds_per_chunk": (chunk_tflop + vae_tflop) / achieved_tflops,
+        "dit_only_fps_per_gpu": chunks[0] / (chunk_tflop / achieved_tflops),
+        "fps_per_gpu": fps,
+        "realtime_factor": realtime_factor,
+        "realtime_streams_per_gpu": streams_per_gpu,
+        "streams": streams,
+        "gpus_for_streams": math.ceil(streams / streams_per_gpu) if streams_per_gpu else None,
+        **memory,
+    }
+
+
+def _memory(config: HeliosTransformerConfig, largest_forward_tokens: int, rows: int, work: Workload, gpu) -> dict:
+    weights = {
+        "transformer_gib": 2 * transformer_parameters(config) / GIB,
+        "text_encoder_gib": 2 * text_encoder_parameters() / GIB,
+        "vae_gib": 4 * WAN_VAE_PARAMETERS / GIB,
+    }
+    vae_workspace = VAE_DECODE_WORKSPACE_GIB * (work.height * work.width) / (384 * 640)
+    activation_row = largest_forward_tokens * activation_bytes_per_token(config) / GIB
+    headroom = gpu.memory_gib - sum(weights.values()) - vae_workspace - RUNTIME_OVERHEAD_GIB
+    full_h, full_w = stage_latent_sizes(work.height, work.width, 1)[0]
+    latent_state = 4 * config.in_channels * STATE_BYTES_PER_STREAM_FP32_LATENT_FRAMES * full_h * full_w
+    text_state = rows * 2 * 512 * config.text_dim
+    return {
+        "weights_gib": weights,
+        "vae_decode_workspace_gib": vae_workspace,
+        "activation_gib_per_row": activation_row,
+        "memory_headroom_gib": headroom,
+        "max_requests_per_forward_by_memory": max(0, math.floor(headroom / (rows * activation_row))),
+        "state_mb_per_stream": (latent_state + text_state) / 1e6,
+    }
+
+
+def format_report(result: dict, streams_asked: bool) -> str:
+    gib = result["weights_gib"]
+    steps = ",".join(str(n) for n in result["stage_steps"])
+    lines = [
+        f"Helios-{result['variant'].capitalize()} on {result['gpu']} at {100 * result['mfu']:.0f}% MFU, "
+        f"{result['size']}, steps {steps}{' with CFG' if result['cfg'] else ''}"
+        f"{', first chunk amplified' if result['amplify_first_chunk'] else ''}, "
+        f"{result['num_frames']}-frame requests",
+        "",
+        f"tokens per forward      {' / '.join(f'{t:,}' for t in result['tokens_per_forward'])} "
+        f"(stage by stage, {result['history_tokens']:,} of them history)",
+        f"TFLOP per forward       {' / '.join(f'{t:.1f}' for t in result['tflop_per_forward'])}",
+        f"DiT per chunk           {result['tflop_per_chunk']:,.1f} TFLOP in {result['forwards_per_chunk']} forwards "
+        f"= {result['tflop_per_frame']:.1f} TFLOP per frame",
+        f"VAE decode per chunk    {result['vae_tflop_per_chunk']:.1f} TFLOP; text encoder "
+        f"{result['text_encoder_tflop_per_request']:.2f} TFLOP per request",
+        f"whole request           {result['request_tflop'] / 1000:,.2f} PFLOP "
+        f"= {result['pipeline_tflop_per_frame']:.1f} TFLOP per frame",
+        "",
+        f"frames/s per GPU        {result['fps_per_gpu']:.2f} "
+        f"(DiT alone {result['dit_only_fps_per_gpu']:.2f}; {result['seconds_per_chunk']:.2f} s per chunk)",
+        f"real-time factor        {result['realtime_factor']:.2f}x at {result['playback_fps']:g} fps playback",
+        f"real-time streams/GPU   {result['realtime_streams_per_gpu']}",
+    ]
+    if streams_asked:
+        needed = result["gpus_for_streams"]
+        lines.append(f"GPUs for {result['streams']} streams      " + (
+            str(needed) if needed else "none suffice: one stream needs more than a GPU at this efficiency"))
+    lines += [
+        "",
+        f"weights                 DiT {gib['transformer_gib']:.1f} GiB (bf16), text encoder "
+        f"{gib['text_encoder_gib']:.1f} GiB (bf16), VAE {gib['vae_gib']:.2f} GiB (fp32)",
+        f"VAE decode workspace    {result['vae_decode_workspace_gib']:.1f} GiB; activations "
+        f"{result['activation_gib_per_row']:.2f} GiB per row at the last stage",
+        f"memory headroom         {result['memory_headroom_gib']:.1f} GiB: up to "
+        f"{result['max_requests_per_forward_by_memory']} requests per forward; "
+        f"{result['state_mb_per_stream']:.0f} MB per waiting stream",
+    ]
+    return "\n".join(lines)
+
+
+def run_estimate(args) -> int:
+    """The CLI command (arguments from cli.py)."""
+    from .model_executor.checkpoint import MODEL_ALIASES, official_variant, read_variant, resolve_model
+    from .model_executor.config import HELIOS_14B
+
+    if args.model in MODEL_ALIASES:
+        config, variant = HELIOS_14B, official_variant(args.model.removeprefix("helios-"))
+    else:
+        root = resolve_model(args.model)
+        if isinstance(root, str):
+            raise ValueError(f"estimate needs a released model or a checkpoint; {args.model} is built in and tiny")
+        config = HeliosTransformerConfig.from_json_file(root / "transformer" / "config.json")
+        variant = read_variant(root)
+    steps = tuple(variant.default_steps) if args.steps is None else _parse_steps(args.steps, len(variant.default_steps))
+    guidance = variant.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
+    amplify = variant.default_amplify_first_chunk and not args.no_amplify
+    if not 0 < args.mfu <= 1:
+        raise ValueError(f"--mfu must be in (0, 1], got {args.mfu}")
+    if args.streams < 1:
+        raise ValueError(f"--streams must be at least 1, got {args.streams}")
+    if args.height % 64 or args.width % 64:
+        raise ValueError(f"--height and --width must be multiples of 64 for the pyramid, got {args.height}x{args.width}")
+    work = Workload(variant.name, steps, guidance > 1.0, amplify, args.height, args.width,
+                    args.num_frames or variant.default_num_frames, args.fps)
+    result = estimate(config, work, ACCELERATORS[args.gpu], args.mfu, args.streams)
+    print(json.dumps(result, indent=2) if args.json else format_report(result, args.streams > 1))
+    return 0
+
+
+def _parse_steps(text: str, stages: int) -> tuple[int, ...]:
+    try:
+        steps = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise ValueError(f"--steps must be comma-separated integers, got {text!r}") from None
+    if len(steps) != stages or min(steps) < 1:
+        raise ValueError(f"--steps needs {stages} positive value(s) for this model, got {text!r}")
+    return steps
