@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from .cost_model import (
+from .model_executor.cost_model import (
     GIB,
     activation_bytes_per_token,
     forward_tokens,

@@ -26,6 +26,11 @@ class UniprocExecutor:
         return self.runner.transformer.config.patch_size
 
     @property
+    def device_and_dtype(self):
+        """The transformer's torch device and compute dtype."""
+        return self.runner.device, self.runner.dtype
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.runner.transformer.parameters())
 

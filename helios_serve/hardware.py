@@ -37,3 +37,38 @@ def accelerator_for_device_name(device_name: str) -> Accelerator | None:
         if key in lowered.replace(" ", ""):
             return ACCELERATORS[key]
     return None
+
+
+def device_peak_flops(device, dtype) -> tuple[float | None, str]:
+    """(peak FLOP/s, where the figure comes from) for a torch device and compute dtype.
+
+    CUDA: the datasheet figure of a known GPU (bf16/fp16 dense; TF32, half of it, for fp32).
+    CPU: measured here, the best of a few 1024x1024 fp32 matrix multiplies (about 50 ms), since
+    no table knows the machine. None when the GPU is not in the table.
+    """
+    import torch
+
+    if device.type == "cuda":
+        known = accelerator_for_device_name(torch.cuda.get_device_name(device))
+        if known is None:
+            return None, f"unknown GPU {torch.cuda.get_device_name(device)!r}"
+        scale = 0.5 if dtype == torch.float32 else 1.0
+        return known.bf16_tflops * 1e12 * scale, f"{known.name} datasheet"
+    if device.type == "cpu":
+        return _measured_cpu_gemm_flops(), "measured fp32 GEMM"
+    return None, f"no peak figure for {device.type}"
+
+
+def _measured_cpu_gemm_flops(size: int = 1024, repeats: int = 5) -> float:
+    import time
+
+    import torch
+
+    a = torch.randn(size, size)
+    a @ a  # first-touch costs (oneDNN primitive creation) are not peak
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best

@@ -17,6 +17,7 @@ import torch
 
 from .checkpoint import TINY_MODEL, TINY_MODELS, ModelVariant, read_variant, resolve_model
 from .conditioning import initial_history
+from .cost_model import forward_token_counts, transformer_flops
 from .models.helios_transformer import HeliosTransformer
 from .models.vae import PreviewDecoder, WanVAE
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
@@ -133,6 +134,16 @@ class ModelRunner:
             offset += count
         return per_request
 
+    def forward_flops(self, state: RequestState) -> int:
+        """FLOPs of this request's rows in its next forward (cost model: matmuls and attention)."""
+        terms = state.history_terms
+        tokens = forward_token_counts(
+            self.transformer.config, tuple(state.latents.shape[-2:]), tuple(terms["short"].shape[-2:]),
+            tuple(terms[term].shape[2] for term in ("long", "mid", "short")),
+        )
+        rows = self.procedure.model_rows(state)
+        return len(rows) * transformer_flops(self.transformer.config, tokens, rows[0].shape[1])["total"]
+
     def _history_inputs(self, states: list[RequestState]) -> dict[str, torch.Tensor]:
         inputs = {"indices_hidden_states": NOISY_INDICES.to(self.device)}
         for term, indices in HISTORY_INDICES.items():
@@ -177,6 +188,7 @@ class ModelRunner:
         if plan.denoise:
             live = [self.requests[r] for r in plan.denoise if r in self.requests]
             result.num_rows = sum(len(self.procedure.model_rows(state)) for state in live)
+            result.model_flops = sum(self.forward_flops(state) for state in live)
             self._denoise_isolating_failures(plan.denoise, result)
         for request_id in plan.decode:
             chunk = self._guarded(result, request_id, self.finish_chunk, request_id)

@@ -134,3 +134,5 @@ class StepResult:
     """Wall time spent inside model work (forwards, encoders, decoders, samplers)."""
     num_rows: int = 0
     """Rows in this step's transformer forward (requests, doubled with CFG)."""
+    model_flops: int = 0
+    """FLOPs of that forward by the cost model (matmuls and attention, as FlopCounterMode counts)."""

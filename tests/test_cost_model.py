@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from helios_serve.cost_model import (
+from helios_serve.model_executor.cost_model import (
     forward_tokens,
     text_encoder_flops,
     text_encoder_parameters,

@@ -210,3 +210,34 @@ def test_a_resumed_request_continues_exactly(tmp_path):
     assert sorted(got) == [1, 2] and request.status is RequestStatus.FINISHED_COMPLETED
     assert all(np.array_equal(got[k], frames[k]) for k in (1, 2))
     assert request.units_done == request.total_units
+
+
+class FlopCountingTransformer:
+    """Stands in for the runner's transformer: counts every forward with torch's FlopCounterMode."""
+
+    def __init__(self, model):
+        self.model, self.config, self.flops = model, model.config, 0
+
+    def __call__(self, **inputs):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        from torch.utils.flop_counter import FlopCounterMode
+
+        # FlopCounterMode has no formula for the CPU flash-attention kernel; the math backend's
+        # matmuls it counts.
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            out = self.model(**inputs)
+        self.flops += counter.get_total_flops()
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_engine_counts_the_flops_its_forwards_execute():
+    engine = HeliosEngine("helios-tiny-mid")
+    runner = engine.core.executor.runner
+    runner.transformer = counting = FlopCountingTransformer(runner.transformer)
+    engine.generate(["a", "b"], [VideoSamplingParams(num_frames=66, seed=1, **SMALL),
+                                 VideoSamplingParams(num_frames=33, seed=2, guidance_scale=1.0, height=128, width=64)])
+    assert counting.flops > 0
+    assert engine.stats.model_flops == pytest.approx(counting.flops, rel=1e-2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from helios_serve.integrations.ray_serve.routing import (
@@ -56,9 +58,18 @@ helios_ttfc_seconds_bucket{{le="1.0"}} {fast}
 helios_ttfc_seconds_bucket{{le="+Inf"}} 3.0
 helios_ttfc_seconds_count 3.0
 helios_ttfc_seconds_sum {total}
+# HELP helios_model_flops_per_second Achieved FLOP/s.
+# TYPE helios_model_flops_per_second gauge
+helios_model_flops_per_second {achieved}
+# HELP helios_device_peak_flops Peak FLOP/s.
+# TYPE helios_device_peak_flops gauge
+helios_device_peak_flops 100.0
+# HELP helios_model_flops_utilization MFU.
+# TYPE helios_model_flops_utilization gauge
+helios_model_flops_utilization {mfu}
 """
-    merged = merge_metrics({"replica-0": text.format(frames=99, waiting=1, fast=1, total=2.5),
-                            "replica-1": text.format(frames=33, waiting=4, fast=2, total=1.5)})
+    merged = merge_metrics({"replica-0": text.format(frames=99, waiting=1, fast=1, total=2.5, achieved=60, mfu=0.6),
+                            "replica-1": text.format(frames=33, waiting=4, fast=2, total=1.5, achieved=20, mfu=0.2)})
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(merged) for s in family.samples}
     assert samples[("helios_frames_total", ())] == 132
@@ -68,3 +79,5 @@ helios_ttfc_seconds_sum {total}
     assert samples[("helios_ttfc_seconds_bucket", (("le", "1.0"), ("replica", "replica-0")))] == 1
     assert samples[("helios_ttfc_seconds_sum", ())] == 4.0
     assert not any(name.endswith("_created") for name, _ in samples)
+    assert samples[("helios_model_flops_per_second", ())] == 80
+    assert samples[("helios_model_flops_utilization", ())] == pytest.approx(0.4)  # 80 of 200, not 0.6 + 0.2

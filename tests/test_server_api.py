@@ -112,8 +112,12 @@ def test_models_health_ready_metrics(server):
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in ("helios_queue_depth", "helios_running_requests", "helios_batch_rows_bucket", "helios_step_seconds",
                  "helios_chunk_seconds", "helios_time_to_first_chunk_seconds", "helios_realtime_factor",
-                 "helios_requests_cancelled_total", "helios_requests_failed_total", "helios_frames_generated_total"):
+                 "helios_requests_cancelled_total", "helios_requests_failed_total", "helios_frames_generated_total",
+                 "helios_model_flops_per_second", "helios_model_flops_utilization"):
         assert name in metrics, name
+    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("helios_")}
+    assert values["helios_model_flops_total"] > 0  # the warm-up ran forwards
+    assert values["helios_device_peak_flops"] > 1e9  # measured on this CPU
 
 
 def test_jobs_without_a_seed_get_their_own(server):

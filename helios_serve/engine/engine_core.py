@@ -23,6 +23,8 @@ class EngineStats:
     model_seconds: float = 0.0
     forwards: int = 0
     rows: int = 0
+    model_flops: int = 0
+    """Transformer FLOPs of all forwards (cost model), for achieved FLOP/s and utilisation."""
     batch_size_counts: dict[int, int] = field(default_factory=dict)
     """Rows per forward -> number of forwards (a histogram, bounded in size)."""
 
@@ -49,7 +51,7 @@ class EngineCore:
         self.stats = EngineStats()
         self.lock = threading.Lock()
         self.step_listeners: list = []
-        """Called after every step with (seconds, rows in its forward), e.g. to feed metrics."""
+        """Called after every step with (seconds, its StepResult), e.g. to feed metrics."""
 
     def add_request(
         self,
@@ -92,9 +94,10 @@ class EngineCore:
         if result.num_rows:
             stats.forwards += 1
             stats.rows += result.num_rows
+            stats.model_flops += result.model_flops
             stats.batch_size_counts[result.num_rows] = stats.batch_size_counts.get(result.num_rows, 0) + 1
         for listener in self.step_listeners:
-            listener(seconds, result.num_rows)
+            listener(seconds, result)
 
 
 class EngineFront:

@@ -27,6 +27,7 @@ async def load_engine(state) -> None:
         engine.core.step_listeners.append(state.metrics.on_step)
         state.engine = engine
         await warm_up(engine)
+        await measure_device_peak(engine, state.metrics)
         files = JobFiles(config.data_dir)
         service = VideoService(engine, files, JobStore(files.database), config.model, state.metrics,
                                retention_s=config.retention_hours * 3600, instance=config.instance_id)
@@ -46,6 +47,18 @@ async def warm_up(engine) -> None:
                                  num_inference_steps=1)
     async for _ in engine.generate("warm-up", params):
         pass
+
+
+async def measure_device_peak(engine, metrics) -> None:
+    """The peak the utilisation metric divides by (a datasheet figure, or measured on CPU)."""
+    from ...hardware import device_peak_flops
+
+    peak, source = await asyncio.to_thread(device_peak_flops, *engine.core.executor.device_and_dtype)
+    metrics.set_device_peak(peak)
+    if peak:
+        logger.info("device peak %.3g TFLOP/s (%s)", peak / 1e12, source)
+    else:
+        logger.info("no device peak (%s): helios_model_flops_utilization is not exported", source)
 
 
 async def periodic_cleanup(state) -> None:

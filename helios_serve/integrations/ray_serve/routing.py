@@ -70,9 +70,15 @@ def orphaned_jobs(active_jobs: list[tuple[str, str | None]], replicas: list[Repl
     return dict(orphans)
 
 
+# Gauges whose total is a ratio of two summed gauges, not a sum: the cluster's utilisation is
+# its achieved FLOP/s over its peak.
+RATIO_GAUGES = {"helios_model_flops_utilization": ("helios_model_flops_per_second", "helios_device_peak_flops")}
+
+
 def merge_metrics(texts: dict[str, str]) -> str:
     """Prometheus exposition of several replicas: each series with a ``replica`` label, and the
-    sum over replicas without it (counters, gauges, histogram buckets and sums add up)."""
+    sum over replicas without it (counters, gauges, histogram buckets and sums add up; the
+    RATIO_GAUGES are recomputed from their summed parts)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     families: dict[str, tuple[str, str, str]] = {}
@@ -89,6 +95,9 @@ def merge_metrics(texts: dict[str, str]) -> str:
                 labels = tuple(sorted(sample.labels.items()))
                 per_replica[family.name].append(_sample_line(sample.name, (("replica", slot), *labels), sample.value))
                 totals[family.name][(sample.name, labels)] += sample.value
+    for ratio, (numerator, denominator) in RATIO_GAUGES.items():
+        if ratio in totals and totals[denominator].get((denominator, ())):
+            totals[ratio][(ratio, ())] = totals[numerator][(numerator, ())] / totals[denominator][(denominator, ())]
     lines = []
     for family, (name, kind, documentation) in families.items():
         lines += [f"# HELP {name} {documentation}", f"# TYPE {name} {kind}"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .model_executor.config import HeliosTransformerConfig
-from .model_executor.step_io import LATENT_FRAMES_PER_CHUNK
+from .config import HeliosTransformerConfig
+from .step_io import LATENT_FRAMES_PER_CHUNK
 
 TEXT_TOKENS = 512
 """Prompts are zero-padded to 512 UMT5 tokens, and every forward attends to all of them."""
@@ -26,19 +26,22 @@ def stage_latent_sizes(height: int, width: int, num_stages: int) -> list[tuple[i
     return [(h >> (num_stages - 1 - s), w >> (num_stages - 1 - s)) for s in range(num_stages)]
 
 
-def forward_tokens(config: HeliosTransformerConfig, height: int, width: int, num_stages: int) -> list[dict[str, int]]:
-    """Token counts (noisy, history terms, total) of one forward at each pyramid stage.
+def forward_token_counts(
+    config: HeliosTransformerConfig, noisy_hw: tuple[int, int], history_hw: tuple[int, int],
+    history_frames: tuple[int, int, int] = HISTORY_FRAMES, noisy_frames: int = LATENT_FRAMES_PER_CHUNK,
+) -> dict[str, int]:
+    """Tokens of one forward by term: the noisy chunk at its (pyramid) latent size, the history
+    at full latent resolution."""
+    history = config.token_counts(*history_hw, noisy_frames, history_frames)
+    noisy = config.token_counts(*noisy_hw, noisy_frames, history_frames)["noisy"]
+    counts = {term: history[term] for term in ("long", "mid", "short", "history")}
+    return {**counts, "noisy": noisy, "total": noisy + history["history"]}
 
-    History is always at full latent resolution; only the noisy chunk shrinks.
-    """
-    full_h, full_w = stage_latent_sizes(height, width, 1)[0]
-    history = config.token_counts(full_h, full_w, LATENT_FRAMES_PER_CHUNK, HISTORY_FRAMES)
-    stages = []
-    for h, w in stage_latent_sizes(height, width, num_stages):
-        noisy = config.token_counts(h, w, LATENT_FRAMES_PER_CHUNK, HISTORY_FRAMES)["noisy"]
-        counts = {term: history[term] for term in ("long", "mid", "short", "history")}
-        stages.append({**counts, "noisy": noisy, "total": noisy + history["history"]})
-    return stages
+
+def forward_tokens(config: HeliosTransformerConfig, height: int, width: int, num_stages: int) -> list[dict[str, int]]:
+    """Token counts of one forward at each pyramid stage of a height x width video."""
+    full = stage_latent_sizes(height, width, 1)[0]
+    return [forward_token_counts(config, hw, full) for hw in stage_latent_sizes(height, width, num_stages)]
 
 
 def transformer_flops(config: HeliosTransformerConfig, tokens: dict[str, int], text_tokens: int = TEXT_TOKENS) -> dict:
@@ -72,7 +75,9 @@ def transformer_flops(config: HeliosTransformerConfig, tokens: dict[str, int], t
 def transformer_parameters(config: HeliosTransformerConfig) -> int:
     d, ffn = config.inner_dim, config.ffn_dim
     patch_volume = math.prod(config.patch_size)
-    linear = lambda fan_in, fan_out: fan_in * fan_out + fan_out  # noqa: E731 - weight + bias
+    def linear(fan_in, fan_out):
+        return fan_in * fan_out + fan_out  # weight + bias
+
     # The noisy chunk's patch embedding, then the short, mid and long history terms' own.
     embed = sum(linear(config.in_channels * patch_volume * s**3, d) for s in (1, 1, 2, 4))
     embed += linear(config.freq_dim, d) + linear(d, d) + linear(d, 6 * d)
@@ -131,7 +136,9 @@ def vae_decode_flops(latent_frames: int, latent_h: int, latent_w: int, config: W
     The decoder walks the latents one frame at a time with a causal cache, so every conv costs
     what it would on the whole clip: 2 x C_in x C_out x kernel volume per output voxel.
     """
-    conv = lambda c_in, c_out, k, voxels: 2 * c_in * c_out * k * voxels  # noqa: E731
+    def conv(c_in, c_out, kernel_volume, voxels):
+        return 2 * c_in * c_out * kernel_volume * voxels
+
     dims = [config.base_dim * m for m in (config.dim_mult[-1], *config.dim_mult[::-1])]
     frames, h, w = latent_frames, latent_h, latent_w
 
