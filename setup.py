@@ -69,7 +69,10 @@ setup(
             "websockets>=13",
             "hypothesis>=6.100",  # API fuzzing
             "setuptools>=70",  # builds the wheel checked by tests/test_packaging.py
+            "matplotlib>=3.8",  # benchmarks/plot.py
+            "tqdm>=4.60",  # benchmark progress bars
         ],
+        "bench": ["matplotlib>=3.8", "tqdm>=4.60", "httpx>=0.27"],  # benchmarks/
     },
     entry_points={
         "console_scripts": ["helios-serve=helios_serve.cli:main"],

@@ -20,8 +20,12 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 
-from helios_serve import HeliosEngine, VideoSamplingParams
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import append_record, make_record  # noqa: E402
+
+from helios_serve import HeliosEngine, VideoSamplingParams  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions of each mode; best is kept")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures as one JSON object")
+    parser.add_argument("--output-file", default=None, help="append the result to this .jsonl (and its .csv)")
     return parser.parse_args(argv)
 
 
@@ -116,6 +121,10 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
+    if args.output_file:
+        config = {key: figures.pop(key) for key in ("model", "num_requests", "num_frames", "size")}
+        config["max_concurrency"] = config["num_requests"]
+        append_record(args.output_file, make_record("throughput", f"engine {config['model']}", config, figures))
     return 0
 
 
