@@ -51,3 +51,22 @@ def make_image(path) -> str:
 
 def mean_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def run_serving_benchmark(base_url: str, backend: str, tmp_path) -> dict:
+    """benchmarks/benchmark_serving.py against an engine's server: 3 concurrent 33-frame jobs.
+    Returns the result record (the same format as for helios-serve)."""
+    import json
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "benchmark_serving.py"
+    out = tmp_path / "bench.jsonl"
+    done = subprocess.run(
+        [sys.executable, str(script), "--base-url", base_url, "--backend", backend, "--num-prompts", "3",
+         "--max-concurrency", "3", "--num-frames", "33", "--size", "64x64", "--slo", "600", "--disable-tqdm",
+         "--extra", '{"pyramid_num_inference_steps_list": [1, 1, 1]}', "--output-file", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout)
+    return json.loads(out.read_text().splitlines()[-1])

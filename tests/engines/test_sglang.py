@@ -14,7 +14,16 @@ import time
 import httpx
 import numpy as np
 import pytest
-from engine_checks import SIZE, console_script, decode_mp4, engine_frames, make_image, mean_difference, save_tiny_checkpoint
+from engine_checks import (
+    SIZE,
+    console_script,
+    decode_mp4,
+    engine_frames,
+    make_image,
+    mean_difference,
+    run_serving_benchmark,
+    save_tiny_checkpoint,
+)
 from live_server import free_port, start_process
 
 FPS = 24
@@ -136,3 +145,9 @@ def test_sglang_generate_runs_our_executor(checkpoint, tmp_path):
     served = decode_mp4(video.read_bytes())
     (ours,) = engine_frames(checkpoint, [("a red fox in the snow", dict(num_frames=33, seed=7, **SIZE))])
     assert np.array_equal(served, sglang_encoding(ours, tmp_path))
+
+
+def test_serving_benchmark_runs_against_sglang(sglang, tmp_path):
+    record = run_serving_benchmark(sglang.url, "sglang", tmp_path)
+    assert record["metrics"]["completed"] == 3 and record["metrics"]["failed"] == 0
+    assert record["metrics"]["frames"] == 3 * 33 and not record["config"]["streamed"]

@@ -18,7 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from engine_checks import SIZE, console_script, decode_mp4, engine_frames, make_image, mean_difference, save_tiny_checkpoint
+from engine_checks import (
+    SIZE,
+    console_script,
+    decode_mp4,
+    engine_frames,
+    make_image,
+    mean_difference,
+    run_serving_benchmark,
+    save_tiny_checkpoint,
+)
 from live_server import free_port, start_process
 
 # vLLM-Omni's default H.264 settings for /v1/videos responses (serving_video.py).
@@ -199,3 +208,10 @@ def test_realtime_websocket_streams_each_chunk_as_it_is_made(tmp_path, checkpoin
         offset += count
     expected += encoder.close()
     assert np.array_equal(decode_mp4(fragments), decode_mp4(expected))
+
+
+def test_serving_benchmark_runs_against_vllm_omni(omni, tmp_path):
+    server, _ = omni
+    record = run_serving_benchmark(server.url, "vllm-omni", tmp_path)
+    assert record["metrics"]["completed"] == 3 and record["metrics"]["failed"] == 0
+    assert record["metrics"]["frames"] == 3 * 33 and not record["config"]["streamed"]
