@@ -222,16 +222,21 @@ class Target:
                     record.chunk_frames.append(int(data.get("num_frames", 33)))
         return {"status": "failed", "error": "event stream ended early"}
 
-    async def wait_ready(self, timeout_s: float = 120.0) -> None:
+    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+        """Until /ready answers 200 (helios-serve: model loaded and warm), or /health where a
+        server has no /ready (vLLM-Omni, SGLang)."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                if (await self.client.get("/health", timeout=5)).status_code == 200:
+                ready = await self.client.get("/ready", timeout=5)
+                if ready.status_code == 404:
+                    ready = await self.client.get("/health", timeout=5)
+                if ready.status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise SystemExit(f"benchmark_serving: {self.base_url}/health did not answer 200 in {timeout_s:g} s")
+                raise SystemExit(f"benchmark_serving: {self.base_url} was not ready within {timeout_s:g} s")
             await asyncio.sleep(0.5)
 
 
