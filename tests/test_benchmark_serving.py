@@ -155,3 +155,10 @@ def test_latency_benchmark_and_plots(server, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert run("plot.py", str(empty), "--output-dir", str(tmp_path)).returncode == 1
+
+
+def test_the_readme_quick_start_command_is_valid():
+    readme = (REPO / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("python benchmarks/benchmark_serving.py"))
+    args = parse_args(line.split()[2:])
+    assert args.num_prompts == 32 and args.slo == 20
