@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from .model_executor.cost_model import (
     GIB,
+    Umt5Config,
+    WanVaeConfig,
     activation_bytes_per_token,
     forward_tokens,
     stage_latent_sizes,
@@ -23,7 +27,7 @@ from .model_executor.cost_model import (
     vae_decode_flops,
 )
 from .hardware import ACCELERATORS, Accelerator
-from .model_executor.config import HeliosTransformerConfig
+from .model_executor.config import HELIOS_14B, HeliosTransformerConfig
 from .model_executor.step_io import LATENT_FRAMES_PER_CHUNK, chunk_frame_counts
 
 WAN_VAE_PARAMETERS = 126_892_531
@@ -38,6 +42,47 @@ STATE_BYTES_PER_STREAM_FP32_LATENT_FRAMES = 20 + LATENT_FRAMES_PER_CHUNK
 
 
 @dataclass(frozen=True)
+class ModelCosts:
+    """The three networks of a Helios checkpoint and their parameter counts."""
+
+    transformer: HeliosTransformerConfig = HELIOS_14B
+    text_encoder: Umt5Config = field(default_factory=Umt5Config)
+    vae: WanVaeConfig = field(default_factory=WanVaeConfig)
+    transformer_parameters: int = transformer_parameters(HELIOS_14B)
+    text_encoder_parameters: int = text_encoder_parameters()
+    vae_parameters: int = WAN_VAE_PARAMETERS
+
+    @classmethod
+    def from_checkpoint(cls, root: Path) -> ModelCosts:
+        """Configs from the checkpoint's config.json files, parameter counts from its safetensors headers."""
+        def config(folder: str) -> dict:
+            return json.loads((root / folder / "config.json").read_text(encoding="utf-8"))
+
+        text, vae = config("text_encoder"), config("vae")
+        return cls(
+            HeliosTransformerConfig.from_dict(config("transformer")),
+            Umt5Config(text["d_model"], text["num_layers"], text["d_ff"], text["num_heads"], text["d_kv"],
+                       text["vocab_size"]),
+            WanVaeConfig(vae["base_dim"], vae["z_dim"], tuple(vae["dim_mult"]), vae["num_res_blocks"],
+                         tuple(vae["temperal_downsample"][::-1])),
+            *(safetensors_parameters(root / folder) for folder in ("transformer", "text_encoder", "vae")),
+        )
+
+
+def safetensors_parameters(folder: Path) -> int:
+    """Elements of every tensor in a folder's .safetensors files, read from their headers only."""
+    total = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        with path.open("rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        total += sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
+    if not total:
+        raise ValueError(f"no safetensors weights in {folder}")
+    return total
+
+
+@dataclass(frozen=True)
 class Workload:
     variant: str
     stage_steps: tuple[int, ...]
@@ -49,14 +94,15 @@ class Workload:
     playback_fps: float = 24.0
 
 
-def estimate(config: HeliosTransformerConfig, work: Workload, gpu: Accelerator, mfu: float, streams: int = 1) -> dict:
+def estimate(model: ModelCosts, work: Workload, gpu: Accelerator, mfu: float, streams: int = 1) -> dict:
+    config = model.transformer
     rows = 2 if work.use_cfg else 1
     stages = forward_tokens(config, work.height, work.width, len(work.stage_steps))
     forward_tflop = [transformer_flops(config, tokens)["total"] / 1e12 for tokens in stages]
     chunk_tflop = rows * sum(n * f for n, f in zip(work.stage_steps, forward_tflop))
     full_h, full_w = stage_latent_sizes(work.height, work.width, 1)[0]
-    vae_tflop = vae_decode_flops(LATENT_FRAMES_PER_CHUNK, full_h, full_w) / 1e12
-    text_tflop = rows * text_encoder_flops() / 1e12
+    vae_tflop = vae_decode_flops(LATENT_FRAMES_PER_CHUNK, full_h, full_w, model.vae) / 1e12
+    text_tflop = rows * text_encoder_flops(config=model.text_encoder) / 1e12
 
     chunks = chunk_frame_counts(work.num_frames)
     frames = sum(chunks)
@@ -66,7 +112,7 @@ def estimate(config: HeliosTransformerConfig, work: Workload, gpu: Accelerator, 
     fps = frames / (request_tflop / achieved_tflops)
     realtime_factor = fps / work.playback_fps
     streams_per_gpu = math.floor(realtime_factor)
-    memory = _memory(config, stages[-1]["total"], rows, work, gpu)
+    memory = _memory(model, stages[-1]["total"], rows, work, gpu)
     return {
         "variant": work.variant,
         "gpu": gpu.name,
@@ -99,11 +145,12 @@ def estimate(config: HeliosTransformerConfig, work: Workload, gpu: Accelerator, 
     }
 
 
-def _memory(config: HeliosTransformerConfig, largest_forward_tokens: int, rows: int, work: Workload, gpu) -> dict:
-    weights = {
-        "transformer_gib": 2 * transformer_parameters(config) / GIB,
-        "text_encoder_gib": 2 * text_encoder_parameters() / GIB,
-        "vae_gib": 4 * WAN_VAE_PARAMETERS / GIB,
+def _memory(model: ModelCosts, largest_forward_tokens: int, rows: int, work: Workload, gpu) -> dict:
+    config = model.transformer
+    weights = {  # bf16 transformer and text encoder, fp32 VAE, as served
+        "transformer_gib": 2 * model.transformer_parameters / GIB,
+        "text_encoder_gib": 2 * model.text_encoder_parameters / GIB,
+        "vae_gib": 4 * model.vae_parameters / GIB,
     }
     vae_workspace = VAE_DECODE_WORKSPACE_GIB * (work.height * work.width) / (384 * 640)
     activation_row = largest_forward_tokens * activation_bytes_per_token(config) / GIB
@@ -121,6 +168,10 @@ def _memory(config: HeliosTransformerConfig, largest_forward_tokens: int, rows: 
     }
 
 
+def _tflop(value: float) -> str:
+    return f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
+
+
 def format_report(result: dict, streams_asked: bool) -> str:
     gib = result["weights_gib"]
     steps = ",".join(str(n) for n in result["stage_steps"])
@@ -132,13 +183,13 @@ def format_report(result: dict, streams_asked: bool) -> str:
         "",
         f"tokens per forward      {' / '.join(f'{t:,}' for t in result['tokens_per_forward'])} "
         f"(stage by stage, {result['history_tokens']:,} of them history)",
-        f"TFLOP per forward       {' / '.join(f'{t:.1f}' for t in result['tflop_per_forward'])}",
-        f"DiT per chunk           {result['tflop_per_chunk']:,.1f} TFLOP in {result['forwards_per_chunk']} forwards "
-        f"= {result['tflop_per_frame']:.1f} TFLOP per frame",
-        f"VAE decode per chunk    {result['vae_tflop_per_chunk']:.1f} TFLOP; text encoder "
-        f"{result['text_encoder_tflop_per_request']:.2f} TFLOP per request",
-        f"whole request           {result['request_tflop'] / 1000:,.2f} PFLOP "
-        f"= {result['pipeline_tflop_per_frame']:.1f} TFLOP per frame",
+        f"TFLOP per forward       {' / '.join(_tflop(t) for t in result['tflop_per_forward'])}",
+        f"DiT per chunk           {_tflop(result['tflop_per_chunk'])} TFLOP in {result['forwards_per_chunk']} forwards "
+        f"= {_tflop(result['tflop_per_frame'])} TFLOP per frame",
+        f"VAE decode per chunk    {_tflop(result['vae_tflop_per_chunk'])} TFLOP; text encoder "
+        f"{_tflop(result['text_encoder_tflop_per_request'])} TFLOP per request",
+        f"whole request           {_tflop(result['request_tflop'])} TFLOP "
+        f"= {_tflop(result['pipeline_tflop_per_frame'])} TFLOP per frame",
         "",
         f"frames/s per GPU        {result['fps_per_gpu']:.2f} "
         f"(DiT alone {result['dit_only_fps_per_gpu']:.2f}; {result['seconds_per_chunk']:.2f} s per chunk)",
@@ -165,15 +216,17 @@ def format_report(result: dict, streams_asked: bool) -> str:
 def run_estimate(args) -> int:
     """The CLI command (arguments from cli.py)."""
     from .model_executor.checkpoint import MODEL_ALIASES, official_variant, read_variant, resolve_model
-    from .model_executor.config import HELIOS_14B
 
     if args.model in MODEL_ALIASES:
-        config, variant = HELIOS_14B, official_variant(args.model.removeprefix("helios-"))
+        model, variant = ModelCosts(), official_variant(args.model.removeprefix("helios-"))
     else:
         root = resolve_model(args.model)
         if isinstance(root, str):
             raise ValueError(f"estimate needs a released model or a checkpoint; {args.model} is built in and tiny")
-        config = HeliosTransformerConfig.from_json_file(root / "transformer" / "config.json")
+        try:
+            model = ModelCosts.from_checkpoint(root)
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {root} as a Helios checkpoint: {exc}") from None
         variant = read_variant(root)
     steps = tuple(variant.default_steps) if args.steps is None else _parse_steps(args.steps, len(variant.default_steps))
     guidance = variant.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
@@ -186,7 +239,7 @@ def run_estimate(args) -> int:
         raise ValueError(f"--height and --width must be multiples of 64 for the pyramid, got {args.height}x{args.width}")
     work = Workload(variant.name, steps, guidance > 1.0, amplify, args.height, args.width,
                     args.num_frames or variant.default_num_frames, args.fps)
-    result = estimate(config, work, ACCELERATORS[args.gpu], args.mfu, args.streams)
+    result = estimate(model, work, ACCELERATORS[args.gpu], args.mfu, args.streams)
     print(json.dumps(result, indent=2) if args.json else format_report(result, args.streams > 1))
     return 0
 

@@ -11,10 +11,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_benchmark_throughput_reports_its_figures(tmp_path):
-    out = tmp_path / "throughput.json"
+    out, results = tmp_path / "throughput.json", tmp_path / "results.jsonl"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/benchmark_throughput.py"), "--num-requests", "3", "--num-frames", "33",
-         "--height", "64", "--width", "64", "--repeats", "1", "--json", str(out)],
+         "--height", "64", "--width", "64", "--repeats", "1", "--json", str(out), "--output-file", str(results)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -24,6 +24,10 @@ def test_benchmark_throughput_reports_its_figures(tmp_path):
                 "ttfc_s", "peak_rss_mb"):
         assert figures[key] > 0, key
     assert figures["mean_rows_per_forward"] > 1  # the requests' steps were batched
+    record = json.loads(results.read_text())  # the shared results format
+    assert record["benchmark"] == "throughput" and record["config"]["max_concurrency"] == 3
+    assert record["metrics"]["frames_per_second"] == figures["frames_per_second"]
+    assert results.with_suffix(".csv").read_text().startswith("benchmark,")
 
 
 def test_kernel_benchmarks_explain_themselves_without_a_gpu():
