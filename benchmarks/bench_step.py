@@ -14,7 +14,6 @@ import sys
 import time
 
 import torch
-
 from helios_serve.model_executor.smoke import HISTORY_FRAMES, chunk_inputs, load_model
 
 

@@ -24,9 +24,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from live_server import start_ray_server  # noqa: E402
-
 from helios_serve.model_executor.step_io import chunk_frame_counts  # noqa: E402
+from live_server import start_ray_server  # noqa: E402
 
 
 def run_jobs(base: str, jobs: int, num_frames: int, size: str) -> float:

@@ -300,7 +300,8 @@ ROWS = [
     ("duration", lambda m: f"{m['duration_s']:.2f} s"),
     ("requests/s", lambda m: f"{m['request_throughput_per_s']:.3f}"),
     ("generated frames/s", lambda m: f"{m['frames_per_second']:.1f}"),
-    ("latency p50 / p90 / p99", lambda m: f"{m['latency_p50_s']:.2f} / {m['latency_p90_s']:.2f} / {m['latency_p99_s']:.2f} s"),
+    ("latency p50 / p90 / p99",
+     lambda m: f"{m['latency_p50_s']:.2f} / {m['latency_p90_s']:.2f} / {m['latency_p99_s']:.2f} s"),
     ("first chunk p50 / p99", lambda m: "n/a (not streamed)" if math.isnan(m["ttfc_p50_s"])
         else f"{m['ttfc_p50_s']:.2f} / {m['ttfc_p99_s']:.2f} s"),
     ("real-time factor p50 / min", lambda m: f"{m['realtime_factor_p50']:.2f} / {m['realtime_factor_min']:.2f} "

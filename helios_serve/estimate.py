@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .hardware import ACCELERATORS, Accelerator
+from .model_executor.config import HELIOS_14B, HeliosTransformerConfig
 from .model_executor.cost_model import (
     GIB,
     Umt5Config,
@@ -26,8 +28,6 @@ from .model_executor.cost_model import (
     transformer_parameters,
     vae_decode_flops,
 )
-from .hardware import ACCELERATORS, Accelerator
-from .model_executor.config import HELIOS_14B, HeliosTransformerConfig
 from .model_executor.step_io import LATENT_FRAMES_PER_CHUNK, chunk_frame_counts
 
 WAN_VAE_PARAMETERS = 126_892_531
@@ -236,7 +236,7 @@ def run_estimate(args) -> int:
     if args.streams < 1:
         raise ValueError(f"--streams must be at least 1, got {args.streams}")
     if args.height % 64 or args.width % 64:
-        raise ValueError(f"--height and --width must be multiples of 64 for the pyramid, got {args.height}x{args.width}")
+        raise ValueError(f"--height and --width must be multiples of 64 (the pyramid), got {args.height}x{args.width}")
     work = Workload(variant.name, steps, guidance > 1.0, amplify, args.height, args.width,
                     args.num_frames or variant.default_num_frames, args.fps)
     result = estimate(model, work, ACCELERATORS[args.gpu], args.mfu, args.streams)

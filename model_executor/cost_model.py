@@ -62,7 +62,8 @@ def transformer_flops(config: HeliosTransformerConfig, tokens: dict[str, int], t
     per_layer = {
         "self_attention_projections": 2 * seq * d * 4 * d,
         "self_attention": 4 * seq * seq * d,
-        "cross_attention": 2 * cross_tokens * d * 2 * d + 2 * text_tokens * d * 2 * d + 4 * cross_tokens * text_tokens * d,
+        # q and o on the noisy tokens, k and v on the text, then the scores and the weighted sum.
+        "cross_attention": 4 * cross_tokens * d * d + 4 * text_tokens * d * d + 4 * cross_tokens * text_tokens * d,
         "ffn": 2 * seq * d * 2 * ffn,
     }
     parts = {name: layers * flops for name, flops in per_layer.items()}
@@ -75,6 +76,7 @@ def transformer_flops(config: HeliosTransformerConfig, tokens: dict[str, int], t
 def transformer_parameters(config: HeliosTransformerConfig) -> int:
     d, ffn = config.inner_dim, config.ffn_dim
     patch_volume = math.prod(config.patch_size)
+
     def linear(fan_in, fan_out):
         return fan_in * fan_out + fan_out  # weight + bias
 
@@ -151,7 +153,8 @@ def vae_decode_flops(latent_frames: int, latent_h: int, latent_w: int, config: W
     flops += conv(config.z_dim, dims[0], 27, voxels)  # conv_in
     tokens = h * w  # mid-block attention: one head over each frame's pixels
     flops += 2 * residual(dims[0], dims[0], voxels)
-    flops += frames * (conv(dims[0], 3 * dims[0], 1, tokens) + 4 * tokens * tokens * dims[0] + conv(dims[0], dims[0], 1, tokens))
+    qkv, out = conv(dims[0], 3 * dims[0], 1, tokens), conv(dims[0], dims[0], 1, tokens)
+    flops += frames * (qkv + 4 * tokens * tokens * dims[0] + out)
     for i, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
         c_in = c_in // 2 if i > 0 else c_in  # each upsampler halves the channels it hands on
         for j in range(config.num_res_blocks + 1):

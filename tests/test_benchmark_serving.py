@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
 from live_server import start_server
 
 REPO = Path(__file__).resolve().parents[1]

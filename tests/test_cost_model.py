@@ -9,9 +9,8 @@ import sys
 
 import pytest
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
-
+from helios_serve.model_executor import HeliosTransformer
+from helios_serve.model_executor.config import HELIOS_14B, HELIOS_TINY
 from helios_serve.model_executor.cost_model import (
     forward_tokens,
     text_encoder_flops,
@@ -20,10 +19,11 @@ from helios_serve.model_executor.cost_model import (
     transformer_parameters,
     vae_decode_flops,
 )
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
 from helios_serve.estimate import WAN_VAE_PARAMETERS, ModelCosts, Workload, estimate
 from helios_serve.hardware import ACCELERATORS
-from helios_serve.model_executor import HeliosTransformer
-from helios_serve.model_executor.config import HELIOS_14B, HELIOS_TINY
 
 H100 = ACCELERATORS["h100"]
 
@@ -148,7 +148,8 @@ def test_memory_matches_the_published_budget():
 
 
 def test_streams_and_gpus_follow_from_frames_per_second():
-    result = estimate(ModelCosts(), Workload("distilled", (1, 1, 1), False, False, playback_fps=16), H100, 0.6, streams=5)
+    work = Workload("distilled", (1, 1, 1), False, False, playback_fps=16)
+    result = estimate(ModelCosts(), work, H100, 0.6, streams=5)
     assert result["realtime_factor"] == pytest.approx(result["fps_per_gpu"] / 16)
     assert result["realtime_streams_per_gpu"] == int(result["realtime_factor"]) >= 1
     assert result["gpus_for_streams"] == -(-5 // result["realtime_streams_per_gpu"])
