@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -81,3 +83,28 @@ helios_model_flops_utilization {mfu}
     assert not any(name.endswith("_created") for name, _ in samples)
     assert samples[("helios_model_flops_per_second", ())] == 80
     assert samples[("helios_model_flops_utilization", ())] == pytest.approx(0.4)  # 80 of 200, not 0.6 + 0.2
+
+
+def test_a_create_sent_again_with_the_ingress_job_id_is_not_made_twice(tmp_path):
+    """The ingress names each job it creates; when its replica dies mid-request it sends the
+    create again with the same name, and a replica that already has the job returns it."""
+    from fastapi.testclient import TestClient
+
+    from helios_serve.entrypoints.openai.api_server import ServerConfig, build_app
+    from helios_serve.entrypoints.openai.replica import JOB_ID_HEADER
+    from helios_serve.jobs.storage import new_job_id
+
+    body = {"prompt": "once", "num_frames": 1, "size": "64x64"}
+    chosen = new_job_id()
+    for instance, expect_chosen in (("replica-test", True), (None, False)):
+        app = build_app(ServerConfig(data_dir=str(tmp_path / str(instance)), instance_id=instance))
+        with TestClient(app) as client:
+            while client.get("/ready").status_code != 200:
+                time.sleep(0.1)
+            ids = [client.post("/v1/videos", json=body, headers={JOB_ID_HEADER: chosen}).json()["id"]
+                   for _ in range(2)]
+            listed = client.get("/v1/videos").json()["data"]
+        if expect_chosen:
+            assert ids == [chosen, chosen] and len(listed) == 1
+        else:  # a single server ignores the header: clients cannot pick ids
+            assert chosen not in ids and ids[0] != ids[1] and len(listed) == 2

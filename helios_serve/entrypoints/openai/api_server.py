@@ -22,6 +22,7 @@ from ...config import EngineConfig
 from .body import BodyTooLarge, BodySizeLimit, parse_create_request
 from .metrics import ServerMetrics
 from .protocol import ModelCard, ModelList, VideoDeleted, VideoList, VideoObject
+from .replica import requested_job_id
 from .errors import ApiError
 from .serving_video import VideoService
 
@@ -127,14 +128,14 @@ def build_app(config: ServerConfig) -> FastAPI:
     async def create_video(request: Request) -> JSONResponse:
         service = state.require_service()
         body, uploads = await parse_create_request(request)
-        record = await service.create(body, uploads)
+        record = await service.create(body, uploads, requested_job_id(request, state))
         return JSONResponse(service.view(record).model_dump(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
 
     @app.post("/v1/videos/sync", dependencies=auth, response_class=FileResponse, openapi_extra=CREATE_BODY_SCHEMA)
     async def create_video_sync(request: Request):
         service = state.require_service()
         body, uploads = await parse_create_request(request)
-        record = await service.create(body, uploads)
+        record = await service.create(body, uploads, requested_job_id(request, state))
         events = service.subscribe(record.id)
         try:
             while service.get(record.id).status not in ("completed", "failed"):

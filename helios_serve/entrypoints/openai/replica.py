@@ -7,8 +7,19 @@ not forward /internal/ paths from clients.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from pydantic import BaseModel
+
+from ...jobs.storage import is_job_id
+
+JOB_ID_HEADER = "x-helios-job-id"
+"""The id the ingress chose for a job it creates, so that a create it must send again (its
+replica died mid-request) cannot make the job twice. Only replicas read it."""
+
+
+def requested_job_id(request: Request, state) -> str | None:
+    job_id = request.headers.get(JOB_ID_HEADER)
+    return job_id if state.config.instance_id is not None and job_id and is_job_id(job_id) else None
 
 
 class AdoptRequest(BaseModel):

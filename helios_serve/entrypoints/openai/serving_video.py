@@ -49,12 +49,18 @@ class VideoService:
         self._listeners: dict[str, set[asyncio.Queue]] = {}
 
     # -- creating ------------------------------------------------------------------------------
-    async def create(self, request: VideoCreateRequest, uploads: dict[str, bytes]) -> JobRecord:
-        """Validate, submit to the engine, record and start the job. Raises ApiError (4xx)."""
+    async def create(self, request: VideoCreateRequest, uploads: dict[str, bytes], job_id: str | None = None
+                     ) -> JobRecord:
+        """Validate, submit to the engine, record and start the job. Raises ApiError (4xx).
+
+        ``job_id`` is given by the Ray ingress, which may send a create again after a replica
+        died mid-request: a job that already exists is returned, not made twice."""
         if request.model is not None and request.model != self.model_name:
             raise ApiError(404, "model_not_found", f"this server serves {self.model_name!r}, not {request.model!r}",
                            "model")
-        job_id = new_job_id()
+        if job_id is not None and (existing := self.store.get(job_id)) is not None:
+            return existing
+        job_id = job_id or new_job_id()
         stored = request.model_dump(exclude_none=True, exclude={"input_reference", "video_reference", "extra_params"})
         # Without a seed each job gets its own, recorded with the job: reported back, and a
         # resumed job continues with the same one.

@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.background import BackgroundTask
 
-from ...jobs.storage import JobFiles
+from ...entrypoints.openai.replica import JOB_ID_HEADER
+from ...jobs.storage import JobFiles, new_job_id
 from ...jobs.store import ACTIVE_STATUSES, JobStore
 from .routing import ReplicaView, dead_instances, least_loaded, merge_metrics, orphaned_jobs
 
@@ -115,25 +116,32 @@ class HeliosIngress:
         path = "/" + path
         if path.startswith("/internal/"):
             return _error(404, "not_found", f"no route {path}")
-        creating = request.method == "POST" and path in CREATE_PATHS
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        method = request.method
+        creating = method == "POST" and path in CREATE_PATHS
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in (*HOP_BY_HOP, JOB_ID_HEADER)}
+        if creating:
+            job_id = headers[JOB_ID_HEADER] = new_job_id()  # the same id if the create must go elsewhere
         body = await request.body()  # kept, so the request can go to another replica
         tried: set[str] = set()
         while (target := self._target(creating, path, tried)) is not None:
-            upstream = self.client.build_request(request.method, f"{target.url}{path}", params=request.query_params,
+            upstream = self.client.build_request(method, f"{target.url}{path}", params=request.query_params,
                                                  headers=headers, content=body)
             if creating:
                 target.waiting += 1  # counted now (the next poll corrects it), so a burst spreads out
             try:
                 answer = await self.client.send(upstream, stream=True)
             except httpx.TransportError as exc:
-                # It died since the last poll. Another replica can answer a read, or a create
-                # that never reached this one; a create that may have arrived is not repeated.
+                # It died since the last poll: another replica answers instead.
                 target.ready = False
-                if creating and not isinstance(exc, httpx.ConnectError):
-                    return _error(503, "replica_lost", f"replica {target.slot} failed mid-request; retry",
-                                  {"Retry-After": "2"})
                 tried.add(target.slot)
+                if creating and not isinstance(exc, httpx.ConnectError):
+                    # The create may have arrived. If the job was recorded, it is adopted and
+                    # resumed elsewhere: answer with it; if not, create it on another replica.
+                    if await asyncio.to_thread(self.store.get, job_id) is not None:
+                        if path != "/v1/videos":  # /sync waits for an MP4 that is not there yet
+                            return _error(503, "replica_lost", f"replica {target.slot} failed; the job continues: "
+                                          f"GET /v1/videos/{job_id}", {"Retry-After": "2"})
+                        method, path, body, creating = "GET", f"/v1/videos/{job_id}", b"", False
                 continue
             kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
             return StreamingResponse(answer.aiter_raw(), answer.status_code, headers=kept,
