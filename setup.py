@@ -31,6 +31,7 @@ setup(
     python_requires=">=3.11,<3.14",
     packages=serve_packages + executor_packages + kernel_packages,
     package_dir={"helios_serve": "helios_serve", **executor_dirs, **kernel_dirs},
+    package_data={"helios_serve": ["entrypoints/openai/playground/*"]},  # the web playground's page
     install_requires=[
         # The range admits the CPU wheel 2.13.0 and a user's CUDA 2.13/2.14 build alike;
         # scripts/install.sh picks the CPU wheel on machines without a GPU.
@@ -70,6 +71,7 @@ setup(
             "hypothesis>=6.100",  # API fuzzing
             "setuptools>=70",  # builds the wheel checked by tests/test_packaging.py
             "matplotlib>=3.8",  # benchmarks/plot.py
+            "playwright>=1.50",  # the playground in Debian's Chromium (no browser download)
             "tqdm>=4.60",  # benchmark progress bars
         ],
         "bench": ["matplotlib>=3.8", "tqdm>=4.60", "httpx>=0.27"],  # benchmarks/

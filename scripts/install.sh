@@ -2,7 +2,9 @@
 # Install helios-serve (editable, from this checkout) into the current Python environment.
 #
 #   scripts/install.sh            the package
-#   scripts/install.sh test       plus the test dependencies (diffusers, transformers, pytest, ...)
+#   scripts/install.sh test       plus the test dependencies (pytest, Playwright, Ray, ...) and,
+#                                 when missing, Debian's chromium (browser tests) and ffmpeg
+#                                 (the HLS example), with apt-get
 #
 # torch: an installed torch is kept (a GPU machine keeps its CUDA build). On a machine with
 # no torch and no NVIDIA GPU the CPU wheel torch==2.13.0 is installed first, because an
@@ -24,3 +26,20 @@ else
 fi
 
 "$PYTHON" -m pip install -e ".${EXTRAS:+[$EXTRAS]}"
+
+if [ "$EXTRAS" = "test" ]; then
+    missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if ! command -v apt-get >/dev/null 2>&1; then
+            echo "install.sh: the tests need ${missing[*]}; install them with your package manager" >&2
+            exit 1
+        fi
+        echo "install.sh: installing ${missing[*]} with apt-get (browser tests, HLS example)"
+        sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo=sudo
+        $sudo apt-get update -q
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+fi

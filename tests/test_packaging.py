@@ -24,6 +24,8 @@ def test_wheel_has_exactly_one_top_level_package(tmp_path):
     assert top_level == {"helios_serve"}
     assert "helios_serve/model_executor/models/helios_transformer.py" in names
     assert "helios_serve/kernels/__init__.py" in names
+    for page in ("index.html", "playground.js", "playground.css"):  # the web playground ships in the wheel
+        assert f"helios_serve/entrypoints/openai/playground/{page}" in names
     assert not any(name.startswith(("tests/", "benchmarks/", "examples/")) for name in names)
 
 

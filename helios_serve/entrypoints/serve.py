@@ -96,7 +96,8 @@ def run_serve(args: argparse.Namespace) -> int:
         return run_ray_deployment(config, deployment, args.host, args.port)
     base = f"http://{args.host}:{args.port}"
     print(f"helios-serve: serving {args.model} at {base}", flush=True)
-    print(f"  API       {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)
-    print(f"  docs      {base}/docs; readiness {base}/ready; metrics {base}/metrics", flush=True)
+    print(f"  playground  {base}/   (open it in a browser)", flush=True)
+    print(f"  API         {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)
+    print(f"  docs        {base}/docs; readiness {base}/ready; metrics {base}/metrics", flush=True)
     uvicorn.run(build_app(config), host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

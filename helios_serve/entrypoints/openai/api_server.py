@@ -185,11 +185,13 @@ def build_app(config: ServerConfig) -> FastAPI:
                            "video_id")
         return FileResponse(service.files.video(video_id), media_type="video/mp4", filename=f"{video_id}.mp4")
 
+    from .playground import install_playground
     from .realtime import install_realtime
     from .streaming import install_streaming
 
     install_streaming(app, state, auth)
     install_realtime(app, state)
+    install_playground(app)
     if config.instance_id is not None:
         from .replica import install_replica_routes
 

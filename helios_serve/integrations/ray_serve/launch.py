@@ -75,8 +75,9 @@ def run_ray_deployment(config: ServerConfig, deployment: RayDeployment, host: st
         base = f"http://{host}:{port}"
         print(f"helios-serve: {deployment.replicas} replica(s) of {config.model} on Ray Serve at {base} "
               f"({gpus:g} GPU, {deployment.cpus_per_replica:g} CPU each)", flush=True)
-        print(f"  API       {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)
-        print(f"  readiness {base}/ready (all replicas); metrics {base}/metrics (per replica and total)", flush=True)
+        print(f"  playground  {base}/   (open it in a browser)", flush=True)
+        print(f"  API         {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)
+        print(f"  readiness   {base}/ready (all replicas); metrics {base}/metrics (per replica and total)", flush=True)
         _wait_until_ready(base, started)
         while True:
             time.sleep(3600)

@@ -1,0 +1,406 @@
+// The Helios playground: create a job through the OpenAI-style API, follow it over Server-Sent
+// Events, and play its fMP4 segments through Media Source Extensions as each chunk is written.
+// Everything comes from this server; nothing is loaded from elsewhere.
+"use strict";
+
+const KEY_STORAGE = "helios.apiKey";
+const JOBS_STORAGE = "helios.jobs";
+const MAX_REMEMBERED_JOBS = 20;
+const PLAYBACK_FPS_DEFAULT = 24;
+// Keep this much already-played video in the media buffer; older parts are evicted.
+const KEEP_PLAYED_SECONDS = 30;
+
+const $ = (id) => document.getElementById(id);
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function apiKey() {
+  return $("api-key").value.trim();
+}
+
+function withKey(url) {
+  const key = apiKey();
+  return key ? `${url}${url.includes("?") ? "&" : "?"}api_key=${encodeURIComponent(key)}` : url;
+}
+
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (apiKey()) headers.Authorization = `Bearer ${apiKey()}`;
+  const response = await fetch(path, { ...options, headers });
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      message = (await response.json()).error.message || message;
+    } catch (_) { /* not an API error body */ }
+    throw new ApiError(response.status, message);
+  }
+  return response;
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+// -- the player: fMP4 segments appended to a MediaSource, in order ----------------------------
+class SegmentPlayer {
+  constructor(video, videoId) {
+    this.video = video;
+    this.videoId = videoId;
+    this.queue = [];
+    this.appended = new Set();
+    this.finished = false;
+    this.stopped = false;
+    this.pumping = false;
+    this.sourceBuffer = null;
+    this.mediaSource = new MediaSource();
+    this.opened = new Promise((resolve) => this.mediaSource.addEventListener("sourceopen", resolve, { once: true }));
+    video.src = URL.createObjectURL(this.mediaSource);
+  }
+
+  url(name) {
+    return withKey(`/v1/videos/${this.videoId}/stream/${name}`);
+  }
+
+  addChunk(index) {
+    if (!this.appended.has(index) && !this.queue.includes(index)) {
+      this.queue.push(index);
+      this.queue.sort((a, b) => a - b);
+    }
+    this.pump();
+  }
+
+  finish() {
+    this.finished = true;
+    this.pump();
+  }
+
+  stop() {
+    this.stopped = true;
+    this.queue = [];
+  }
+
+  async pump() {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      await this.opened;
+      while (this.queue.length && !this.stopped) {
+        const index = this.queue.shift();
+        if (!this.sourceBuffer) await this.start();
+        const data = await (await api(this.url(`seg_${String(index).padStart(5, "0")}.m4s`))).arrayBuffer();
+        await this.evictPlayed();
+        await this.append(data);
+        this.appended.add(index);
+        if (index === 0) this.video.play().catch(() => { /* autoplay refused: the controls remain */ });
+      }
+      if (this.finished && this.mediaSource.readyState === "open" && !this.sourceBuffer?.updating) {
+        this.mediaSource.endOfStream();
+      }
+    } catch (error) {
+      if (!this.stopped) showError(`Playback: ${error.message}`);
+    } finally {
+      this.pumping = false;
+    }
+    if (this.queue.length && !this.stopped) this.pump();
+  }
+
+  async start() {
+    const init = await (await api(this.url("init.mp4"))).arrayBuffer();
+    const type = `video/mp4; codecs="${avcCodec(new Uint8Array(init))}"`;
+    if (!MediaSource.isTypeSupported(type)) throw new Error(`this browser cannot play ${type}`);
+    this.sourceBuffer = this.mediaSource.addSourceBuffer(type);
+    await this.append(init);
+  }
+
+  append(data) {
+    return new Promise((resolve, reject) => {
+      this.sourceBuffer.addEventListener("updateend", resolve, { once: true });
+      this.sourceBuffer.addEventListener("error", () => reject(new Error("the browser rejected a segment")),
+                                         { once: true });
+      this.sourceBuffer.appendBuffer(data);
+    });
+  }
+
+  evictPlayed() {
+    const played = this.video.currentTime - KEEP_PLAYED_SECONDS;
+    const buffered = this.sourceBuffer.buffered;
+    if (played <= 0 || !buffered.length || buffered.start(0) >= played) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.sourceBuffer.addEventListener("updateend", resolve, { once: true });
+      this.sourceBuffer.remove(0, played);
+    });
+  }
+}
+
+// Browsers without Media Source Extensions (iPhone Safari) play the HLS live playlist natively.
+class HlsPlayer {
+  constructor(video, videoId) {
+    this.video = video;
+    this.videoId = videoId;
+    this.started = false;
+  }
+
+  addChunk() {
+    if (!this.started) {
+      this.started = true;
+      this.video.src = withKey(`/v1/videos/${this.videoId}/stream.m3u8`);
+      this.video.play().catch(() => { /* autoplay refused: the controls remain */ });
+    }
+  }
+
+  finish() {}
+
+  stop() {
+    this.video.removeAttribute("src");
+    this.video.load();
+  }
+}
+
+function makePlayer(video, videoId) {
+  if (window.MediaSource) return new SegmentPlayer(video, videoId);
+  if (video.canPlayType("application/vnd.apple.mpegurl")) return new HlsPlayer(video, videoId);
+  return null;
+}
+
+// The RFC 6381 codec string ("avc1.PPCCLL") from the avcC box of an init segment.
+function avcCodec(bytes) {
+  for (let i = 4; i + 7 < bytes.length; i++) {
+    if (bytes[i] === 0x61 && bytes[i + 1] === 0x76 && bytes[i + 2] === 0x63 && bytes[i + 3] === 0x43) {
+      const hex = (b) => b.toString(16).padStart(2, "0");
+      return `avc1.${hex(bytes[i + 5])}${hex(bytes[i + 6])}${hex(bytes[i + 7])}`;
+    }
+  }
+  return "avc1.64001f";
+}
+
+// -- one job: follow its events, feed the player, report progress -----------------------------
+let current = null;
+
+function watch(job) {
+  const video = $("player");
+  const player = makePlayer(video, job.id) || { addChunk() {}, finish() {}, stop() {} };
+  const events = new EventSource(withKey(`/v1/videos/${job.id}/events`));
+  const fps = job.fps || PLAYBACK_FPS_DEFAULT;
+  let firstChunkAt = null;
+  let framesAfterFirst = 0;
+  let chunksDone = 0;
+  current = { job, events, player };
+  $("cancel").disabled = false;
+  $("download").hidden = true;
+  setStatus(`Queued: ${job.total_chunks} chunk(s), ${job.num_frames} frames.`);
+
+  events.addEventListener("progress", (event) => {
+    const data = JSON.parse(event.data);
+    $("progress").value = data.progress;
+    if (!chunksDone) setStatus(`Generating the first chunk… ${data.progress}%`);
+  });
+  events.addEventListener("chunk", (event) => {
+    const data = JSON.parse(event.data);
+    chunksDone = Math.max(chunksDone, data.chunk_index + 1);
+    const now = performance.now();
+    if (firstChunkAt === null) firstChunkAt = now;
+    else framesAfterFirst += data.num_frames || 33;
+    const seconds = (now - firstChunkAt) / 1000;
+    const factor = seconds > 0 ? framesAfterFirst / seconds / fps : null;
+    setStatus(`Chunk ${chunksDone} of ${data.total_chunks}` +
+              (factor === null ? "" : ` · ${factor.toFixed(2)}× real time`));
+    player.addChunk(data.chunk_index);
+  });
+  events.addEventListener("completed", (event) => {
+    const final = JSON.parse(event.data);
+    events.close();
+    player.finish();
+    $("progress").value = 100;
+    setStatus(`Done: ${final.num_frames} frames in ${(final.inference_time_s || 0).toFixed(1)} s ` +
+              `(seed ${final.seed}).`);
+    finishJob(final.id, true);
+  });
+  events.addEventListener("failed", (event) => {
+    const final = JSON.parse(event.data);
+    events.close();
+    showError(`Generation failed: ${final.error ? final.error.message : "unknown error"}`);
+    setStatus("Failed.");
+    finishJob(job.id, false);
+  });
+  events.onerror = () => {
+    if (events.readyState === EventSource.CLOSED && current && current.events === events) {
+      showError("Lost the connection to the server.");
+      finishJob(job.id, false);
+    }
+  };
+}
+
+function finishJob(videoId, completed) {
+  if (current && current.job.id === videoId) {
+    current.events.close();
+    if (!completed) current.player.stop();
+    current = null;
+  }
+  $("cancel").disabled = true;
+  $("generate").disabled = false;
+  if (completed) {
+    $("download-link").href = withKey(`/v1/videos/${videoId}/content`);
+    $("download").hidden = false;
+  }
+  renderJobs();
+}
+
+async function cancel() {
+  if (!current) return;
+  const { job } = current;
+  try {
+    await api(`/v1/videos/${job.id}`, { method: "DELETE" });
+    forget(job.id);  // a cancelled job is deleted
+    setStatus("Cancelled.");
+    $("progress").value = 0;
+  } catch (error) {
+    showError(`Cancel failed: ${error.message}`);
+  }
+  finishJob(job.id, false);
+}
+
+// -- the form ---------------------------------------------------------------------------------
+function requestBody() {
+  const form = new FormData();
+  const prompt = $("prompt").value.trim();
+  if (!prompt) throw new Error("Write a prompt first.");
+  form.append("prompt", prompt);
+  const length = Number($("length").value);
+  if (!Number.isInteger(length) || length < 1) throw new Error("Length must be a whole number, at least 1.");
+  form.append($("length-unit").value === "frames" ? "num_frames" : "seconds", String(length));
+  if ($("size").value) form.append("size", $("size").value);
+  if ($("seed").value !== "") form.append("seed", $("seed").value);
+  if ($("negative-prompt").value.trim()) form.append("negative_prompt", $("negative-prompt").value.trim());
+  if (!$("model-row").hidden && $("model").value) form.append("model", $("model").value);
+  const image = $("image").files[0];
+  if (image) form.append("input_reference", image, image.name);
+  return form;
+}
+
+async function generate(event) {
+  event.preventDefault();
+  showError("");
+  localStorage.setItem(KEY_STORAGE, apiKey());
+  let body;
+  try {
+    body = requestBody();
+  } catch (error) {
+    showError(error.message);
+    return;
+  }
+  if (current) finishJob(current.job.id, false);
+  $("generate").disabled = true;
+  $("progress").value = 0;
+  try {
+    const job = await (await api("/v1/videos", { method: "POST", body })).json();
+    remember(job.id);
+    watch(job);
+    renderJobs();
+  } catch (error) {
+    showError(error.status === 401 ? "This server needs an API key: enter it under More settings." : error.message);
+    $("generate").disabled = false;
+  }
+}
+
+// -- recent jobs (the ones this browser created) ----------------------------------------------
+function rememberedJobs() {
+  try {
+    return JSON.parse(localStorage.getItem(JOBS_STORAGE)) || [];
+  } catch (_) {
+    return [];
+  }
+}
+
+function forget(videoId) {
+  localStorage.setItem(JOBS_STORAGE, JSON.stringify(rememberedJobs().filter((id) => id !== videoId)));
+}
+
+function remember(videoId) {
+  const ids = [videoId, ...rememberedJobs().filter((id) => id !== videoId)].slice(0, MAX_REMEMBERED_JOBS);
+  localStorage.setItem(JOBS_STORAGE, JSON.stringify(ids));
+}
+
+async function renderJobs() {
+  const list = $("jobs");
+  const ids = rememberedJobs();
+  const jobs = [];
+  for (const id of ids) {
+    try {
+      jobs.push(await (await api(`/v1/videos/${id}`)).json());
+    } catch (error) {
+      if (error.status === 404) forget(id);  // expired or deleted elsewhere
+    }
+  }
+  list.replaceChildren();
+  if (!jobs.length) {
+    const empty = document.createElement("li");
+    empty.className = "muted";
+    empty.textContent = "None yet.";
+    list.append(empty);
+    return;
+  }
+  for (const job of jobs) {
+    const item = document.createElement("li");
+    const prompt = document.createElement("span");
+    prompt.className = "prompt";
+    prompt.textContent = job.prompt;
+    const details = document.createElement("span");
+    details.className = "muted";
+    details.textContent = `${job.status} · ${job.num_frames} frames · ${job.size} · seed ${job.seed}`;
+    item.append(prompt, details);
+    if (job.status === "completed") {
+      const link = document.createElement("a");
+      link.href = withKey(`/v1/videos/${job.id}/content`);
+      link.download = `${job.id}.mp4`;
+      link.textContent = "Download";
+      link.setAttribute("aria-label", `Download the video of “${job.prompt}”`);
+      item.append(link);
+    }
+    list.append(item);
+  }
+}
+
+async function loadModels() {
+  try {
+    const models = (await (await api("/v1/models")).json()).data;
+    $("model-name").textContent = models.map((m) => m.id).join(", ");
+    if (models.length > 1) {
+      $("model").replaceChildren(...models.map((m) => new Option(m.id, m.id)));
+      $("model-row").hidden = false;
+    }
+  } catch (error) {
+    $("model-name").textContent = "unknown";
+    if (error.status === 401) {
+      document.querySelector("details").open = true;
+      showError("This server needs an API key: enter it under More settings.");
+    }
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("api-key").value = localStorage.getItem(KEY_STORAGE) || "";
+  $("api-key").addEventListener("change", () => {
+    localStorage.setItem(KEY_STORAGE, apiKey());
+    showError("");
+    loadModels();
+    renderJobs();
+  });
+  $("create-form").addEventListener("submit", generate);
+  $("cancel").addEventListener("click", cancel);
+  if (!window.MediaSource && !$("player").canPlayType("application/vnd.apple.mpegurl")) {
+    showError("This browser can play neither Media Source Extensions nor HLS: download the videos instead.");
+  }
+  loadModels();
+  renderJobs();
+});

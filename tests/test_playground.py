@@ -1,0 +1,155 @@
+"""The web playground in a real browser: Debian's Chromium driven by Playwright, against a live
+helios-tiny server. Screenshots go to $HELIOS_TEST_ARTIFACTS (default: test-artifacts/playground)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from live_server import start_server
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("HELIOS_TEST_ARTIFACTS", REPO / "test-artifacts")) / "playground"
+API_KEY = "playground-secret"
+
+
+def chromium_path() -> str:
+    path = os.environ.get("HELIOS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, "the browser tests need Chromium: apt-get install chromium (scripts/install.sh test does it)"
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    live = start_server(tmp_path_factory.mktemp("playground") / "data")
+    yield live
+    live.stop()
+
+
+class Page:
+    """A browser page that records console errors and uncaught exceptions."""
+
+    def __init__(self, browser, url: str, **context):
+        self.context = browser.new_context(**context)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.goto(url)
+
+    def request_video(self, prompt: str, frames: int, size: str = "192x128") -> None:
+        self.page.fill("#prompt", prompt)
+        self.page.select_option("#length-unit", "frames")
+        self.page.fill("#length", str(frames))
+        self.page.select_option("#size", size)
+        self.page.click("#generate")
+
+    def buffered_end(self) -> float:
+        return self.page.evaluate("(v => v.buffered.length ? v.buffered.end(v.buffered.length - 1) : 0)"
+                                  "(document.getElementById('player'))")
+
+    def status(self) -> str:
+        return self.page.inner_text("#status")
+
+    def shot(self, name: str) -> None:
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+def test_page_loads_cleanly_labels_every_control_and_fits_a_phone(browser, server):
+    assert f"playground  {server.url}/" in server.log()  # serve prints where the page is
+    desktop = Page(browser, server.url + "/", viewport={"width": 1280, "height": 900})
+    desktop.page.wait_for_function("document.getElementById('model-name').textContent === 'helios-tiny'")
+    unlabeled = desktop.page.evaluate("""[...document.querySelectorAll('input, select, textarea')]
+        .filter(el => !el.closest('[hidden]') && !el.labels.length && !el.getAttribute('aria-label'))
+        .map(el => el.id)""")
+    assert unlabeled == []
+    assert desktop.page.locator("[role=status]").count() == 1 and desktop.page.locator("[role=alert]").count() == 1
+    desktop.shot("desktop-empty")
+    assert desktop.errors == []
+    desktop.close()
+
+    phone = Page(browser, server.url + "/", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    phone.page.wait_for_function("document.getElementById('model-name').textContent === 'helios-tiny'")
+    width = phone.page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"the page scrolls sideways at phone width: {width}"
+    assert phone.page.locator("#generate").bounding_box()["height"] >= 44  # a comfortable touch target
+    phone.shot("phone-empty")
+    assert phone.errors == []
+    phone.close()
+
+
+def test_a_video_plays_while_it_is_generated(browser, server):
+    page = Page(browser, server.url + "/", viewport={"width": 1280, "height": 900})
+    page.request_video("a lantern in the rain", frames=990)
+    seen_while_running = []
+    deadline = time.monotonic() + 120
+    while not page.status().startswith("Done") and time.monotonic() < deadline:
+        if page.status().startswith("Chunk"):
+            seen_while_running.append(page.buffered_end())
+        time.sleep(0.1)
+    assert page.status().startswith("Done"), page.status()
+    growth = sorted({end for end in seen_while_running if end > 0})  # 0 until the first segment is fetched
+    assert len(growth) >= 3, f"the buffered range did not grow during the job: {seen_while_running}"
+    page.page.wait_for_function("document.getElementById('player').currentTime > 0.5")  # it plays
+    page.shot("desktop-playing")
+    assert page.buffered_end() == pytest.approx(989 / 24, abs=0.1)  # every chunk reached the player
+    link = page.page.get_attribute("#download-link", "href")
+    download = httpx.get(server.url + link)
+    assert download.status_code == 200 and download.headers["content-type"] == "video/mp4"
+    assert "a lantern in the rain" in page.page.inner_text("#jobs")
+    assert page.errors == []
+    page.close()
+
+
+def test_cancel_stops_the_job(browser, server):
+    page = Page(browser, server.url + "/", viewport={"width": 1280, "height": 900})
+    page.request_video("a very long drive", frames=6600)
+    page.page.wait_for_function("document.getElementById('status').textContent.startsWith('Chunk')")
+    video_id = httpx.get(f"{server.api}/videos?limit=1").json()["data"][0]["id"]
+    page.page.click("#cancel")
+    page.page.wait_for_function("document.getElementById('status').textContent === 'Cancelled.'")
+    assert httpx.get(f"{server.api}/videos/{video_id}").status_code == 404
+    assert page.page.is_disabled("#cancel") and page.page.is_enabled("#generate")
+    page.shot("desktop-cancelled")
+    assert page.errors == []
+    page.close()
+
+
+def test_a_server_with_an_api_key(browser, tmp_path):
+    keyed = start_server(tmp_path / "data", "--api-key", API_KEY)
+    try:
+        page = Page(browser, keyed.url + "/", viewport={"width": 1280, "height": 900})
+        page.page.wait_for_selector("#error:not([hidden])")
+        assert "API key" in page.page.inner_text("#error")
+        page.page.fill("#api-key", API_KEY)
+        page.page.dispatch_event("#api-key", "change")
+        page.page.wait_for_function("document.getElementById('model-name').textContent === 'helios-tiny'")
+        page.request_video("a keyed fox", frames=99)
+        page.page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')",
+                                    timeout=60_000)
+        assert page.buffered_end() > 0
+        page.shot("desktop-api-key")
+        # The 401s of the first, keyless load are the only console errors.
+        assert all("401" in error for error in page.errors), page.errors
+        page.close()
+    finally:
+        keyed.stop()
