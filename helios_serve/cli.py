@@ -9,6 +9,13 @@ DEFAULT_MODEL = "helios-tiny"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A bad flag or value is one line naming it (and where help is), not argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"helios-serve: error: {message} (see: {self.prog} --help)\n")
+
+
 def _add_check_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "check",
@@ -128,11 +135,15 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="helios-serve",
-        description="Serve the Helios autoregressive video diffusion models.",
+        description=(
+            "Serve the Helios autoregressive video diffusion models: an OpenAI-style video API with live "
+            "streaming and a web playground (serve), offline generation (generate), capacity estimates "
+            "(estimate) and a smoke test (check). Run 'helios-serve COMMAND --help' for a command's options."
+        ),
     )
-    subparsers = parser.add_subparsers(title="commands", dest="command", required=True)
+    subparsers = parser.add_subparsers(title="commands", dest="command", required=True, parser_class=CommandParser)
     from .entrypoints.serve import add_serve_parser, run_serve
 
     add_serve_parser(subparsers, DEFAULT_MODEL)

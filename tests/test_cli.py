@@ -108,3 +108,23 @@ def test_serve_errors_are_one_line(capsys, tmp_path):
         taken.listen()
         assert_one_line_error(capsys, "serve", "--port", str(taken.getsockname()[1]), "--data-dir", str(tmp_path))
     assert_one_line_error(capsys, "serve", "--port", "70000")
+
+
+def test_bad_flags_are_one_line_with_a_pointer_to_help():
+    for args in (("serve", "--port", "abc"), ("generate",), ("bogus",), ("estimate", "--gpu", "tpu"),
+                 ("serve", "--no-such-flag")):
+        result = run_cli(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (args, result.stderr)
+        assert lines[0].startswith("helios-serve: error:") and "--help" in lines[0]
+
+
+def test_help_explains_every_command_and_its_defaults():
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for command in ("serve", "generate", "check", "estimate"):
+        assert command in top.stdout
+        text = run_cli(command, "--help").stdout
+        assert "(default:" in text, command
+    serve = run_cli("serve", "--help").stdout
+    assert "--replicas" in serve and "--api-key" in serve and "(default: 8000)" in serve
