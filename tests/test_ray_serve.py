@@ -80,6 +80,8 @@ def test_concurrent_jobs_spread_over_both_replicas(cluster):
 def test_streams_pass_through_the_ingress(cluster):
     import websockets
 
+    page = httpx.get(f"{cluster.url}/", timeout=30)  # the playground, served by a replica
+    assert page.status_code == 200 and "Helios playground" in page.text
     video_id = create(cluster, seed=21)
     with httpx.stream("GET", f"{cluster.api}/videos/{video_id}/events", timeout=120) as events:
         kinds = [json.loads(line[5:]).get("type", line) if line.startswith("data:") else None
