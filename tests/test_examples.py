@@ -11,7 +11,6 @@ from pathlib import Path
 
 import av
 import pytest
-
 from live_server import start_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +77,7 @@ def test_ray_cluster_commands_are_valid_helios_serve_commands():
         commands += [line.strip() for line in lines if line.strip().startswith("helios-serve ")]
     assert len(commands) == 3
     for command in commands:
-        words = [w for w in shlex.split(command.replace('"$HELIOS_API_KEY"', "key"))]
+        words = shlex.split(command.replace('"$HELIOS_API_KEY"', "key"))
         args = build_parser().parse_args(words[1:])
         assert args.replicas >= 2, command
     # The local one is what tests/test_ray_serve.py deploys for real (two helios-tiny replicas).

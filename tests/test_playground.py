@@ -10,9 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import sync_playwright
-
 from live_server import start_server
+from playwright.sync_api import sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("HELIOS_TEST_ARTIFACTS", REPO / "test-artifacts")) / "playground"
