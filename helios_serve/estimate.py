@@ -17,6 +17,7 @@ from .hardware import ACCELERATORS, Accelerator
 from .model_executor.config import HELIOS_14B, HeliosTransformerConfig
 from .model_executor.cost_model import (
     GIB,
+    TEXT_TOKENS,
     Umt5Config,
     WanVaeConfig,
     activation_bytes_per_token,
@@ -37,7 +38,7 @@ VAE_DECODE_WORKSPACE_GIB = 6.2
 scaled with the pixel count."""
 RUNTIME_OVERHEAD_GIB = 2.0
 """CUDA context, cuBLAS/attention workspaces and allocator slack."""
-STATE_BYTES_PER_STREAM_FP32_LATENT_FRAMES = 20 + LATENT_FRAMES_PER_CHUNK
+STATE_LATENT_FRAMES_PER_STREAM = 20 + LATENT_FRAMES_PER_CHUNK
 """History (16 + 2 + 1 + anchor) and the noisy chunk, fp32, kept per stream between steps."""
 
 
@@ -112,7 +113,7 @@ def estimate(model: ModelCosts, work: Workload, gpu: Accelerator, mfu: float, st
     fps = frames / (request_tflop / achieved_tflops)
     realtime_factor = fps / work.playback_fps
     streams_per_gpu = math.floor(realtime_factor)
-    memory = _memory(model, stages[-1]["total"], rows, work, gpu)
+    memory = _memory(model, stages[-1]["total"], rows, (full_h, full_w), work, gpu)
     return {
         "variant": work.variant,
         "gpu": gpu.name,
@@ -145,7 +146,8 @@ def estimate(model: ModelCosts, work: Workload, gpu: Accelerator, mfu: float, st
     }
 
 
-def _memory(model: ModelCosts, largest_forward_tokens: int, rows: int, work: Workload, gpu) -> dict:
+def _memory(model: ModelCosts, largest_forward_tokens: int, rows: int, latent_hw: tuple[int, int], work: Workload,
+            gpu: Accelerator) -> dict:
     config = model.transformer
     weights = {  # bf16 transformer and text encoder, fp32 VAE, as served
         "transformer_gib": 2 * model.transformer_parameters / GIB,
@@ -155,9 +157,8 @@ def _memory(model: ModelCosts, largest_forward_tokens: int, rows: int, work: Wor
     vae_workspace = VAE_DECODE_WORKSPACE_GIB * (work.height * work.width) / (384 * 640)
     activation_row = largest_forward_tokens * activation_bytes_per_token(config) / GIB
     headroom = gpu.memory_gib - sum(weights.values()) - vae_workspace - RUNTIME_OVERHEAD_GIB
-    full_h, full_w = stage_latent_sizes(work.height, work.width, 1)[0]
-    latent_state = 4 * config.in_channels * STATE_BYTES_PER_STREAM_FP32_LATENT_FRAMES * full_h * full_w
-    text_state = rows * 2 * 512 * config.text_dim
+    latent_state = 4 * config.in_channels * STATE_LATENT_FRAMES_PER_STREAM * math.prod(latent_hw)
+    text_state = rows * 2 * TEXT_TOKENS * config.text_dim  # bf16 prompt embeddings
     return {
         "weights_gib": weights,
         "vae_decode_workspace_gib": vae_workspace,

@@ -205,3 +205,13 @@ def test_a_checkpoint_directory_is_costed_from_its_own_configs_and_weights(tmp_p
     done = run_cli("--model", str(tmp_path), "--height", "128", "--width", "128", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["weights_gib"]["vae_gib"] == pytest.approx(4 * costs.vae_parameters / 2**30)
+
+
+def test_cuda_device_names_find_their_datasheet_entry():
+    from helios_serve.hardware import accelerator_for_device_name
+
+    assert accelerator_for_device_name("NVIDIA H100 80GB HBM3") is ACCELERATORS["h100"]
+    assert accelerator_for_device_name("NVIDIA H100 PCIe") is ACCELERATORS["h100pcie"]
+    assert accelerator_for_device_name("NVIDIA H200") is ACCELERATORS["h200"]
+    assert accelerator_for_device_name("NVIDIA H20") is ACCELERATORS["h20"]
+    assert accelerator_for_device_name("NVIDIA GeForce RTX 4090") is None

@@ -126,3 +126,22 @@ def test_jobs_without_a_seed_get_their_own(server):
     assert a["seed"] != b["seed"]
     given = httpx.post(f"{server.api}/videos", json={"prompt": "p", "num_frames": 1, "seed": 42, **SMALL}).json()
     assert given["seed"] == 42
+
+
+def test_achieved_flops_are_averaged_over_a_window_that_stays_bounded():
+    from types import SimpleNamespace
+
+    from helios_serve.entrypoints.openai.metrics import FLOPS_WINDOW_S, ServerMetrics
+
+    now = [100.0]
+    metrics = ServerMetrics(clock=lambda: now[0])
+    metrics.set_device_peak(4e9)
+    for step in range(1000):  # one forward of 1 GFLOP every 0.1 s, nobody scraping
+        now[0] = 100.0 + 0.1 * step
+        metrics.on_step(0.1, SimpleNamespace(num_rows=1, model_flops=10**9))
+    assert len(metrics.recent_flops) <= FLOPS_WINDOW_S / 0.1 + 1  # old steps are dropped as new ones come
+    assert metrics.achieved_flops_per_second() == pytest.approx(1e10, rel=0.02)  # 1 GFLOP per 0.1 s
+    values = dict(line.split() for line in metrics.exposition(0, 0).decode().splitlines() if line.startswith("helios_"))
+    assert float(values["helios_model_flops_utilization"]) == pytest.approx(2.5, rel=0.02)  # 10 GFLOP/s over 4
+    now[0] += 2 * FLOPS_WINDOW_S  # idle: the window empties
+    assert metrics.achieved_flops_per_second() == 0

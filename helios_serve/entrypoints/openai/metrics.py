@@ -56,12 +56,17 @@ class ServerMetrics:
             self.batch_rows.observe(result.num_rows)
         if result.model_flops:
             self.model_flops.inc(result.model_flops)
-            self.recent_flops.append((self.clock(), result.model_flops))
+            now = self.clock()
+            self.recent_flops.append((now, result.model_flops))
+            self._forget_before(now - FLOPS_WINDOW_S)  # bounded even when nobody scrapes /metrics
+
+    def _forget_before(self, moment: float) -> None:
+        while self.recent_flops and self.recent_flops[0][0] < moment:
+            self.recent_flops.popleft()
 
     def achieved_flops_per_second(self) -> float:
         now = self.clock()
-        while self.recent_flops and self.recent_flops[0][0] < now - FLOPS_WINDOW_S:
-            self.recent_flops.popleft()
+        self._forget_before(now - FLOPS_WINDOW_S)
         # Right after start-up the window is shorter than FLOPS_WINDOW_S.
         span = max(min(FLOPS_WINDOW_S, now - self.started), 1e-9)
         return sum(flops for _, flops in self.recent_flops) / span
