@@ -125,3 +125,32 @@ def test_hls_plays_while_generating(server):
     assert np.array_equal(whole[: len(decoded_while_running)], decoded_while_running)
     final = decode(httpx.get(f"{server.api}/videos/{job['id']}/content").content)
     assert np.array_equal(final, whole)
+
+
+def test_segments_racing_a_delete_are_whole_or_404(server):
+    """A player fetching segments while the video is deleted gets whole segments, then 404s:
+    never a response cut short (browsers report that as ERR_CONTENT_LENGTH_MISMATCH)."""
+    job = create(server, num_frames=3300, size="320x192")
+    url = f"{server.api}/videos/{job['id']}/stream/init.mp4"
+    deadline = time.monotonic() + 60
+    while httpx.get(url).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    init = httpx.get(url).content
+
+    async def fetch_until_gone(client: httpx.AsyncClient) -> list[int]:
+        statuses = []
+        while not statuses or statuses[-1] == 200:
+            response = await client.get(url)  # httpx raises if a body is shorter than announced
+            assert response.status_code in (200, 404) and (response.status_code == 404 or response.content == init)
+            statuses.append(response.status_code)
+        return statuses
+
+    async def race() -> list[list[int]]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            readers = [asyncio.create_task(fetch_until_gone(client)) for _ in range(4)]
+            await asyncio.sleep(0.2)
+            assert (await client.delete(f"{server.api}/videos/{job['id']}")).status_code == 200
+            return await asyncio.gather(*readers)
+
+    for statuses in asyncio.run(race()):
+        assert statuses[-1] == 404 and statuses.count(404) == 1

@@ -14,7 +14,7 @@ import math
 import re
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from ...model_executor.step_io import chunk_frame_counts
 from .errors import ApiError
@@ -43,13 +43,19 @@ def install_streaming(app: FastAPI, state, auth) -> None:
         return Response(text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/videos/{video_id}/stream/{name}", dependencies=auth)
-    async def segment(video_id: str, name: str) -> FileResponse:
+    async def segment(video_id: str, name: str) -> Response:
         service = state.require_service()
         service.get(video_id)
-        path = service.files.job_dir(video_id) / name
-        if not SEGMENT_NAME.match(name) or not path.exists():
-            raise ApiError(404, "not_found", f"no segment {name!r} (yet) for video {video_id}", "name")
-        return FileResponse(path, media_type="video/mp4" if name.endswith(".mp4") else "video/iso.segment")
+        missing = ApiError(404, "not_found", f"no segment {name!r} (yet) for video {video_id}", "name")
+        if not SEGMENT_NAME.match(name):
+            raise missing
+        # Read whole before any header goes out: a DELETE racing this request then yields a 404,
+        # never a response cut short of its Content-Length. A segment is one chunk, so it is small.
+        try:
+            data = await asyncio.to_thread((service.files.job_dir(video_id) / name).read_bytes)
+        except FileNotFoundError:
+            raise missing from None
+        return Response(data, media_type="video/mp4" if name.endswith(".mp4") else "video/iso.segment")
 
 
 def hls_playlist(chunks_done: int, num_frames: int, fps: int, complete: bool, query: str = "") -> str:

@@ -62,14 +62,16 @@ class SegmentPlayer {
     this.finished = false;
     this.stopped = false;
     this.pumping = false;
+    this.fetches = new AbortController();  // stop() cancels a segment download in flight
     this.sourceBuffer = null;
     this.mediaSource = new MediaSource();
     this.opened = new Promise((resolve) => this.mediaSource.addEventListener("sourceopen", resolve, { once: true }));
     video.src = URL.createObjectURL(this.mediaSource);
   }
 
-  url(name) {
-    return withKey(`/v1/videos/${this.videoId}/stream/${name}`);
+  async fetchSegment(name) {
+    const url = withKey(`/v1/videos/${this.videoId}/stream/${name}`);
+    return (await api(url, { signal: this.fetches.signal })).arrayBuffer();
   }
 
   addChunk(index) {
@@ -88,6 +90,7 @@ class SegmentPlayer {
   stop() {
     this.stopped = true;
     this.queue = [];
+    this.fetches.abort();
   }
 
   async pump() {
@@ -98,7 +101,7 @@ class SegmentPlayer {
       while (this.queue.length && !this.stopped) {
         const index = this.queue.shift();
         if (!this.sourceBuffer) await this.start();
-        const data = await (await api(this.url(`seg_${String(index).padStart(5, "0")}.m4s`))).arrayBuffer();
+        const data = await this.fetchSegment(`seg_${String(index).padStart(5, "0")}.m4s`);
         await this.evictPlayed();
         await this.append(data);
         this.appended.add(index);
@@ -116,7 +119,7 @@ class SegmentPlayer {
   }
 
   async start() {
-    const init = await (await api(this.url("init.mp4"))).arrayBuffer();
+    const init = await this.fetchSegment("init.mp4");
     const type = `video/mp4; codecs="${avcCodec(new Uint8Array(init))}"`;
     if (!MediaSource.isTypeSupported(type)) throw new Error(`this browser cannot play ${type}`);
     this.sourceBuffer = this.mediaSource.addSourceBuffer(type);
@@ -258,7 +261,10 @@ function finishJob(videoId, completed) {
 
 async function cancel() {
   if (!current) return;
-  const { job } = current;
+  const { job, events, player } = current;
+  // Stop following the job before deleting it, so no segment request races the deletion.
+  events.close();
+  player.stop();
   try {
     await api(`/v1/videos/${job.id}`, { method: "DELETE" });
     forget(job.id);  // a cancelled job is deleted
