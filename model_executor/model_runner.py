@@ -18,6 +18,7 @@ import torch
 from .checkpoint import TINY_MODEL, TINY_MODELS, ModelVariant, read_variant, resolve_model
 from .conditioning import initial_history
 from .cost_model import forward_token_counts, transformer_flops
+from .device import to_device, to_host
 from .models.helios_transformer import HeliosTransformer
 from .models.vae import PreviewDecoder, WanVAE
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
@@ -53,9 +54,13 @@ class ModelRunner:
         self.device = config.resolved_device()
         self.dtype = config.resolved_dtype()
         self.variant, self.transformer, self.text_encoder, self.vae = self._load(config)
-        self.preview = PreviewDecoder.fit(self.vae) if self.vae is not None else self._tiny_preview()
+        preview = PreviewDecoder.fit(self.vae) if self.vae is not None else self._tiny_preview()
+        self.preview = preview.to(self.device)
         self.procedure = ChunkProcedure(self.variant, self.transformer.config.patch_size, self.dtype, self.device)
         self.requests: dict[str, RequestState] = {}
+        # RoPE frame indices are the same for every forward: uploaded once, not once per step.
+        self._indices = {"hidden_states": to_device(NOISY_INDICES, self.device)}
+        self._indices.update({f"latents_history_{t}": to_device(i, self.device) for t, i in HISTORY_INDICES.items()})
 
     def _load(self, config: RunnerConfig) -> tuple[ModelVariant, HeliosTransformer, object, WanVAE | None]:
         location = resolve_model(config.model)
@@ -102,8 +107,8 @@ class ModelRunner:
             if snapshot.chunks_done != spec.start_chunk:
                 raise ValueError(f"snapshot has {snapshot.chunks_done} chunks done, expected {spec.start_chunk}")
             generator.set_state(snapshot.rng_state)
-            history = snapshot.history.to(self.device)
-            anchor = snapshot.anchor.to(self.device) if snapshot.anchor is not None else None
+            history = to_device(snapshot.history, self.device)
+            anchor = to_device(snapshot.anchor, self.device) if snapshot.anchor is not None else None
         else:
             history, anchor = initial_history(spec, self.vae, generator, self.device)
         return RequestState(spec, generator, text, negative, history, anchor, chunk_index=spec.start_chunk)
@@ -123,7 +128,7 @@ class ModelRunner:
         rows = [(state, text) for state in states for text in self.procedure.model_rows(state)]
         velocity = self.transformer(
             hidden_states=torch.cat([s.latents.to(self.dtype) for s, _ in rows]),
-            timestep=torch.tensor([self.procedure.model_timestep(s) for s, _ in rows], device=self.device),
+            timestep=torch.stack([s.model_timesteps[s.step_index] for s, _ in rows]),
             encoder_hidden_states=torch.cat([text for _, text in rows]),
             **self._history_inputs([s for s, _ in rows]),
         )
@@ -145,10 +150,9 @@ class ModelRunner:
         return len(rows) * transformer_flops(self.transformer.config, tokens, rows[0].shape[1])["total"]
 
     def _history_inputs(self, states: list[RequestState]) -> dict[str, torch.Tensor]:
-        inputs = {"indices_hidden_states": NOISY_INDICES.to(self.device)}
-        for term, indices in HISTORY_INDICES.items():
+        inputs = {f"indices_{name}": indices for name, indices in self._indices.items()}
+        for term in HISTORY_INDICES:
             inputs[f"latents_history_{term}"] = torch.cat([s.history_terms[term].to(self.dtype) for s in states])
-            inputs[f"indices_latents_history_{term}"] = indices.to(self.device)
         return inputs
 
     def finish_chunk(self, request_id: str, state: RequestState | None = None) -> DecodedChunk:
@@ -160,16 +164,19 @@ class ModelRunner:
         owned = state is None
         state = state or self.requests[request_id]
         chunk_index = state.chunk_index
+        # The chunk's only reads from the device: the non-finite flag, the frames, the snapshot.
+        if to_host(state.nonfinite):
+            raise ValueError("the sampler produced non-finite latents")
         latents = self.procedure.finish_chunk(state)
         decoder = self.vae if (state.spec.decoder == "vae" and self.vae is not None) else self.preview
         frames = decoder.decode_frames(latents)[: state.spec.frames_in_chunk(chunk_index)]
         snapshot = None
         if state.spec.resumable:
-            anchor = state.anchor.cpu().clone() if state.anchor is not None else None
-            snapshot = ResumeSnapshot(state.chunk_index, state.history.cpu().clone(), anchor, state.generator.get_state())
+            anchor = to_host(state.anchor).clone() if state.anchor is not None else None
+            snapshot = ResumeSnapshot(state.chunk_index, to_host(state.history).clone(), anchor, state.generator.get_state())
         if state.is_finished and owned:
             self.remove_request(request_id)
-        return DecodedChunk(request_id, chunk_index, frames.numpy(), snapshot)
+        return DecodedChunk(request_id, chunk_index, to_host(frames).numpy(), snapshot)
 
     # -- one engine step -------------------------------------------------------------------
     @torch.inference_mode()
@@ -222,9 +229,4 @@ class ModelRunner:
                 self._denoise_isolating_failures([request_id], result)
             return
         for (request_id, state), rows in zip(states.items(), velocities):
-            self._guarded(result, request_id, self._apply_checked, state, rows)
-
-    def _apply_checked(self, state: RequestState, velocities: list[torch.Tensor]) -> None:
-        self.procedure.apply_model_output(state, velocities)
-        if not torch.isfinite(state.latents).all():
-            raise ValueError("the sampler produced non-finite latents")
+            self._guarded(result, request_id, self.procedure.apply_model_output, state, rows)

@@ -5,6 +5,12 @@ steps (each one transformer call, two with CFG), stage transitions of the pyrami
 finishing the chunk (anchor and history update). Every unit touches only its own request's
 state, and all randomness comes from the request's own generator in the reference's order,
 so requests can be interleaved and batched in any way without changing their output.
+
+Device discipline: random numbers are drawn on the host (the request's generator, as the
+reference draws them) and go up with ``to_device``, asynchronously; schedules stay on the host
+and meet the latents as scalars; nothing in a unit reads device data back (the one read, the
+non-finite check, waits for the decode). The meta-device guard in tests/test_device_guard.py
+runs every unit this way.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import ModelVariant
+from .device import to_device
 from .sampling import guidance
 from .sampling.dmd import dmd_step, euler_step
 from .sampling.pyramid import enter_finer_stage, shrink_noise
@@ -52,6 +59,11 @@ class RequestState:
     solver: UniPCState | None = None
     stage_start: torch.Tensor | None = None
     history_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    model_timesteps: torch.Tensor | None = None
+    """[num_steps] fp32 on the device: the transformer timesteps of the current stage."""
+    nonfinite: torch.Tensor | None = None
+    """0-dim bool on the device: whether any step of the current chunk produced a non-finite
+    latent. Accumulated without a host read, checked once when the chunk is decoded."""
 
     @property
     def stage_done(self) -> bool:
@@ -82,7 +94,8 @@ class ChunkProcedure:
         spec = state.spec
         shape = (1, LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, spec.height // 8, spec.width // 8)
         noise = torch.randn(shape, generator=state.generator, device=state.generator.device, dtype=torch.float32)
-        state.latents = noise.to(self.device)
+        state.latents = to_device(noise, self.device)
+        state.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         if self.variant.is_pyramid:
             state.latents = shrink_noise(state.latents, self.scheduler.stages)
         self._start_stage(state, 0)
@@ -106,12 +119,13 @@ class ChunkProcedure:
                 state.latents, alpha, beta, scheduler.gamma, state.generator, self.compute_dtype, patch
             )
         state.stage_index, state.step_index = stage, 0
+        state.model_timesteps = to_device(self.model_timesteps(state).to(torch.float32), self.device)
         state.stage_start = state.latents if scheduler.kind == "dmd" else None
         state.solver = UniPCState(state.schedule.sigmas, scheduler.disable_corrector) if scheduler.kind == "unipc" else None
 
     # -- denoising steps -----------------------------------------------------------------
     def model_timestep(self, state: RequestState) -> float:
-        """The timestep fed to the transformer at the request's next step."""
+        """The timestep fed to the transformer at the request's next step (from the host schedule)."""
         return float(self._as_model_time(state.schedule.timesteps[state.step_index]))
 
     def model_timesteps(self, state: RequestState) -> torch.Tensor:
@@ -139,6 +153,7 @@ class ChunkProcedure:
             state.latents = euler_step(schedule, step, velocity, state.latents)
         else:
             state.latents = state.solver.step(velocity, state.latents)
+        state.nonfinite |= ~torch.isfinite(state.latents).all()
         state.step_index += 1
 
     def guide(self, state: RequestState, velocities: list[torch.Tensor]) -> torch.Tensor:
@@ -168,5 +183,6 @@ class ChunkProcedure:
         state.history = torch.cat([state.history, chunk], dim=2)[:, :, -sum(HISTORY_SIZES) :]
         state.chunk_index += 1
         state.latents, state.schedule, state.solver, state.stage_start = None, None, None, None
+        state.model_timesteps = None
         state.history_terms = {}
         return chunk

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from ..errors import RequestCancelledError, RequestFailedError
+from ..model_executor.step_io import RequestSpec
 from ..outputs import VideoChunkOutput, VideoOutput
 from ..request import Request, RequestStatus
 from ..sampling_params import VideoSamplingParams
@@ -71,7 +72,11 @@ class HeliosEngine(EngineFront):
         self, prompt: str, params: VideoSamplingParams | None = None, on_progress: ProgressCallback | None = None
     ) -> Iterator[VideoChunkOutput]:
         """The chunks of one video, each yielded as soon as it is decoded; nothing is kept."""
-        request = self.core.add_request(uuid.uuid4().hex, self.resolve(prompt, params or VideoSamplingParams()))
+        return self.stream_spec(self.resolve(prompt, params or VideoSamplingParams()), on_progress)
+
+    def stream_spec(self, spec: RequestSpec, on_progress: ProgressCallback | None = None) -> Iterator[VideoChunkOutput]:
+        """``stream`` for a resolved spec (e.g. one that resumes from a snapshot)."""
+        request = self.core.add_request(uuid.uuid4().hex, spec)
         try:
             while not request.status.is_finished:
                 output = self.core.step()

@@ -9,6 +9,8 @@ from collections import OrderedDict
 
 import torch
 
+from ..device import to_device
+
 logger = logging.getLogger(__name__)
 
 MAX_SEQUENCE_LENGTH = 512
@@ -80,7 +82,10 @@ class TextEncoder:
             return_attention_mask=True,
             return_tensors="pt",
         )
-        mask = tokens.attention_mask.to(self.device)
-        hidden = self.encoder(tokens.input_ids.to(self.device), mask).last_hidden_state
-        length = int(mask.gt(0).sum())
+        length = int(tokens.attention_mask.gt(0).sum())  # counted on the host: no device read
+        # Given a 2-D mask, transformers asks the device whether any token is padding (a host
+        # read); the equivalent 4-D mask (query i may attend to key j when j is a token) is used as is.
+        keys = to_device(tokens.attention_mask.bool(), self.device)
+        mask = keys[:, None, None, :].expand(-1, 1, keys.shape[1], -1)
+        hidden = self.encoder(to_device(tokens.input_ids, self.device), mask).last_hidden_state
         return hidden[0, :length].to(self.dtype).clone()

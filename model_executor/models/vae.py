@@ -61,6 +61,10 @@ class PreviewDecoder:
         self.weight = weight.float()  # [3, 16]
         self.bias = bias.float()  # [3]
 
+    def to(self, device) -> PreviewDecoder:
+        """The same map with its weights on ``device`` (where the latents it decodes live)."""
+        return PreviewDecoder(self.weight.to(device), self.bias.to(device))
+
     @classmethod
     def seeded(cls, seed: int, channels: int = 16) -> PreviewDecoder:
         g = torch.Generator().manual_seed(seed)
@@ -69,10 +73,13 @@ class PreviewDecoder:
     @classmethod
     @torch.inference_mode()
     def fit(cls, vae: WanVAE, seed: int = 0, size: int = 8) -> PreviewDecoder:
-        """Least-squares fit of the VAE's decoded colours on its latents (one latent frame)."""
+        """Least-squares fit of the VAE's decoded colours on its latents (one latent frame); on the
+        host, once at load (``to`` moves the map to where the latents are)."""
+        from ..device import to_host
+
         g = torch.Generator().manual_seed(seed)
         latents = torch.randn(1, vae.vae.config.z_dim, 1, size, size, generator=g)
-        pixels = vae.decode(latents).float().cpu()  # [1, 3, 1, 8 size, 8 size]
+        pixels = to_host(vae.decode(latents).float())  # [1, 3, 1, 8 size, 8 size]
         pooled = torch.nn.functional.avg_pool2d(pixels[:, :, 0], SPATIAL_SCALE)[0]  # [3, size, size]
         design = torch.cat([latents[0, :, 0].reshape(latents.shape[1], -1), torch.ones(1, size * size)])
         solution = torch.linalg.lstsq(design.T, pooled.reshape(3, -1).T).solution  # [17, 3]
@@ -81,7 +88,7 @@ class PreviewDecoder:
     def _colours(self, latents: torch.Tensor) -> torch.Tensor:
         """RGB in [-1, 1] at latent resolution, [B, 3, T, h, w]."""
         x = latents.float()
-        rgb = torch.einsum("oc,bcthw->bothw", self.weight.to(x.device), x) + self.bias.to(x.device).view(1, 3, 1, 1, 1)
+        rgb = torch.einsum("oc,bcthw->bothw", self.weight, x) + self.bias.view(1, 3, 1, 1, 1)
         return rgb.clamp(-1, 1)
 
     @staticmethod
@@ -103,10 +110,11 @@ class PreviewDecoder:
 
 
 def to_uint8_frames(pixels: torch.Tensor) -> torch.Tensor:
-    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3], rounded as diffusers' postprocessing.
+    """[1, 3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3] on the same device, rounded as diffusers'
+    postprocessing (uint8 is what crosses to the host: a quarter of the float bytes).
 
     Works in place on one float copy: decoded chunks are large and this runs per chunk.
     """
     frames = pixels[0].float().clone() if pixels.dtype == torch.float32 else pixels[0].float()
     frames.div_(2).add_(0.5).clamp_(0, 1).mul_(255).round_()
-    return frames.to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu()
+    return frames.to(torch.uint8).permute(1, 2, 3, 0).contiguous()

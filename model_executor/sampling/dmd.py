@@ -3,6 +3,10 @@
 Each step turns the velocity into an x0 estimate, then re-noises that estimate toward the
 stage's *start tensor* (not fresh noise) at the next step's sigma; the last step of a stage
 returns x0 itself. Sigmas are looked up by nearest timestep and applied in float64.
+
+The schedules live on the host; their sigmas meet the device latents only as 0-dim tensors,
+which PyTorch passes to device kernels as scalars (a CPU tensor with dims would not run on a
+GPU, and copying it up would stall the host).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ def dmd_step(
     x0 = (sample.double() - sigma * velocity.double()).to(velocity.dtype)
     if step == schedule.num_steps - 1:
         return x0
-    next_sigma = _sigma_at(schedule, schedule.timesteps[step + 1].to(torch.int64)).reshape(1, 1, 1, 1, 1)
-    return ((1 - next_sigma) * x0 + next_sigma * start).type_as(start)
+    next_sigma = _sigma_at(schedule, schedule.timesteps[step + 1].to(torch.int64))  # 0-dim: a scalar
+    # float64 like the reference, whose 5-D sigma promoted the arithmetic; a 0-dim one would not.
+    return ((1 - next_sigma) * x0.double() + next_sigma * start.double()).type_as(start)
 
 
 def euler_step(schedule: StageSchedule, step: int, velocity: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,12 @@ block, which adds detail without moving the block's mean.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 import torch.nn.functional as F
+
+from ..device import to_device
 
 
 def _per_frame(latents: torch.Tensor, resize) -> torch.Tensor:
@@ -32,12 +36,14 @@ def upsample_nearest(latents: torch.Tensor) -> torch.Tensor:
     return _per_frame(latents, lambda x: F.interpolate(x, size=(height, width), mode="nearest"))
 
 
+@lru_cache(maxsize=8)
 def block_noise_factor(gamma: float, block_size: int = 4) -> torch.Tensor:
     """Lower Cholesky factor (fp32) of the block covariance (1 + gamma) I - gamma 11^T + 1e-8 I.
 
     Factorised in fp32 as the reference does. At gamma = 1/3 the covariance is singular for
     2x2 blocks and some fp32 LAPACK builds reject it (the 1e-8 jitter is below fp32
     resolution); then the factor comes from float64, where the jitter keeps it definite.
+    Cached: one factorisation per gamma, not one per stage transition. Callers must not modify it.
     """
     for dtype in (torch.float32, torch.float64):
         eye = torch.eye(block_size, dtype=dtype)
@@ -49,7 +55,8 @@ def block_noise_factor(gamma: float, block_size: int = 4) -> torch.Tensor:
 
 
 def block_noise(shape, gamma: float, generator: torch.Generator, patch: tuple[int, int] = (2, 2)) -> torch.Tensor:
-    """Correlated noise of ``shape`` [B, C, T, H, W], drawn from ``generator`` on its device."""
+    """Correlated noise of ``shape`` [B, C, T, H, W], drawn from ``generator`` on its device (the
+    request's host generator, so the numbers are those of the reference on any device)."""
     batch, channels, frames, height, width = shape
     ph, pw = patch
     factor = block_noise_factor(gamma, ph * pw)
@@ -74,5 +81,5 @@ def enter_finer_stage(
     The noise is rounded to the transformer's dtype first, as in the reference.
     """
     latents = upsample_nearest(latents)
-    noise = block_noise(latents.shape, gamma, generator, patch).to(device=latents.device, dtype=noise_dtype)
+    noise = to_device(block_noise(latents.shape, gamma, generator, patch).to(noise_dtype), latents.device)
     return alpha * latents + beta * noise

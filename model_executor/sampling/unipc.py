@@ -2,8 +2,9 @@
 
 The solver state belongs to one request and one stage (the multistep history is reset at
 every chunk and every pyramid stage), so many requests can step independently and in any
-interleaving. Coefficients are computed on 0-dim float64 tensors and applied to the
-latents in their own dtype, as in the reference.
+interleaving. Coefficients are computed on the host as 0-dim float64 tensors and applied to the
+latents in their own dtype, as in the reference: a 0-dim host tensor reaches a device kernel
+as a scalar, so no step copies anything to the device or waits for it.
 """
 
 from __future__ import annotations
@@ -82,11 +83,11 @@ class UniPCState:
         )
         change = x0_new - m_before
         if self.this_order == 1:
-            rho = torch.tensor([0.5], dtype=x.dtype, device=x.device)
+            rho = torch.tensor([0.5], dtype=x.dtype)
             return (base - alpha_now * h_phi_1 * (rho[-1] * change)).to(x.dtype)
         r = (_log_snr(self.sigmas[i - 2]) - _log_snr(sigma_before)) / h
         slope = (self.x0_history[-2] - m_before) / r
-        rho = self._corrector_weights(r, hh, h_phi_1).to(x.device).to(x.dtype)
+        rho = self._corrector_weights(r, hh, h_phi_1).to(x.dtype)  # on the host; rho[k] are scalars
         return (base - alpha_now * h_phi_1 * (rho[0] * slope + rho[-1] * change)).to(x.dtype)
 
     @staticmethod

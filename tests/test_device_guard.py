@@ -1,0 +1,146 @@
+"""The meta-device guard: what only a GPU would show, seen on a CPU.
+
+Every unit of work (prompt encode, I2V/V2V conditioning, chunk begin, denoising steps, stage
+transitions, decode, resume) runs through the real engine with the model and every request
+tensor on the ``meta`` device. There, as on CUDA, a CPU tensor of more than 0 dims meeting a
+device tensor raises, and so does any data-dependent host read (``.item()``, ``bool(t)``); on
+top, ``HostSyncCounter`` asserts that no unit but the decode makes the host wait for the device.
+Meta tensors hold no data, so the frames that come back are zeros: this checks devices, not
+numbers (the parity tests check numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from helios_serve import HeliosEngine, VideoSamplingParams
+from helios_serve.errors import RequestFailedError
+from helios_serve.model_executor import request_state
+from helios_serve.model_executor.device import HostSyncCounter
+from helios_serve.model_executor.resume import save_snapshot
+from helios_serve.model_executor.sampling.dmd import _sigma_at
+
+SIZE = dict(height=64, width=64)
+IMAGE = np.full((64, 64, 3), 128, dtype=np.uint8)
+VIDEO = np.full((40, 64, 64, 3), 64, dtype=np.uint8)
+MODES = {"t2v": {}, "i2v": {"image": IMAGE}, "v2v": {"video": VIDEO}}
+
+
+@pytest.fixture(scope="module")
+def meta_engine(tiny_checkpoint):
+    """variant -> a HeliosEngine whose transformer, text encoder, VAE and request tensors live on meta."""
+    engines = {}
+
+    def get(variant: str) -> HeliosEngine:
+        if variant not in engines:
+            _, folder = tiny_checkpoint(variant)
+            engines[variant] = HeliosEngine(model=str(folder), device="meta", dtype="bfloat16")
+        return engines[variant]
+
+    return get
+
+
+def _assert_on_meta(engine: HeliosEngine) -> None:
+    runner = engine.core.executor.runner
+    modules = [runner.transformer, runner.text_encoder.encoder] + ([runner.vae.vae] if runner.vae else [])
+    devices = {p.device.type for module in modules for p in module.parameters()}
+    assert devices == {"meta"}, devices
+
+
+def _generate(engine: HeliosEngine, params: VideoSamplingParams, num_chunks: int = 2) -> np.ndarray:
+    (video,) = engine.generate(["a lantern in the rain"], params)
+    assert video.frames.shape[1:] == (64, 64, 3) and video.num_chunks == num_chunks
+    return video.frames
+
+
+DISTILLED_CASES = [
+    (mode, steps, amplify) for mode in MODES for steps in ([1, 1, 1], [2, 2, 2]) for amplify in (True, False)
+]
+
+
+@pytest.mark.parametrize("mode,steps,amplify", DISTILLED_CASES)
+def test_distilled_units_run_on_a_device(meta_engine, mode, steps, amplify):
+    engine = meta_engine("distilled")
+    _assert_on_meta(engine)
+    params = VideoSamplingParams(num_frames=66, seed=1, pyramid_num_inference_steps_list=steps,
+                                 is_amplify_first_chunk=amplify, **SIZE, **MODES[mode])
+    _generate(engine, params)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("variant,extra", [
+    ("mid", dict(pyramid_num_inference_steps_list=[2, 2, 2])),  # CFG-Zero* with zero-init, UniPC per stage
+    ("base", dict(num_inference_steps=3)),  # CFG, one-stage UniPC with its corrector
+])
+def test_guided_units_run_on_a_device(meta_engine, variant, extra, mode):
+    engine = meta_engine(variant)
+    assert engine.variant.default_guidance_scale > 1  # CFG: two rows per request in every forward
+    _generate(engine, VideoSamplingParams(num_frames=66, seed=2, **SIZE, **extra, **MODES[mode]))
+
+
+def test_builtin_tiny_model_and_preview_decoder_run_on_a_device():
+    engine = HeliosEngine(model="helios-tiny", device="meta", dtype="bfloat16")
+    _generate(engine, VideoSamplingParams(num_frames=66, seed=3, **SIZE))
+    _generate(engine, VideoSamplingParams(num_frames=40, seed=3, decoder="preview", **SIZE))
+
+
+@pytest.mark.parametrize("variant", ["distilled", "mid", "base"])
+def test_resumed_request_runs_on_a_device(meta_engine, variant, tmp_path):
+    """A snapshot taken on the device is saved, loaded on the host and restored to the device."""
+    engine = meta_engine(variant)
+    steps = dict(num_inference_steps=2) if variant == "base" else dict(pyramid_num_inference_steps_list=[1, 1, 1])
+    params = VideoSamplingParams(num_frames=99, seed=4, image=IMAGE, **SIZE, **steps)
+    spec = dataclasses.replace(engine.resolve("a fox", params), resumable=True)
+    first = next(engine.stream_spec(spec))
+    assert first.chunk_index == 0 and first.resume_state.history.device.type == "cpu"
+    path = tmp_path / "snapshot.pt"
+    save_snapshot(first.resume_state, path)
+    resumed = dataclasses.replace(spec, resume_path=str(path), start_chunk=1)
+    chunks = list(engine.stream_spec(resumed))
+    assert [c.chunk_index for c in chunks] == [1, 2]
+
+
+def test_no_unit_but_the_decode_waits_for_the_device(meta_engine):
+    """Host syncs per unit, counted on meta where every crossing a GPU would make is visible."""
+    engine = meta_engine("distilled")
+    params = VideoSamplingParams(num_frames=66, seed=5, pyramid_num_inference_steps_list=[2, 2, 2], **SIZE)
+    spec = dataclasses.replace(engine.resolve("a fox", params), resumable=True)
+    core = engine.core
+    request = core.add_request("sync-count", spec)
+    events_by_unit: dict[str, list[str]] = {}
+    while not request.status.is_finished:  # one request: one unit per engine step
+        with HostSyncCounter() as counter:
+            output = core.step()
+        unit = "decode" if output.chunks else "other"
+        events_by_unit.setdefault(unit, []).extend(counter.events)
+    assert request.error is None
+    assert events_by_unit["other"] == [], events_by_unit["other"]
+    # Per decoded chunk: the non-finite flag, the frames and the snapshot (history and anchor).
+    assert len(events_by_unit["decode"]) == 2 * 4, events_by_unit["decode"]
+
+
+def _dmd_step_as_shipped(schedule, step, velocity, sample, start):
+    """dmd_step as it was before the device fix (a 5-D host tensor times device latents)."""
+    timestep = schedule.timesteps[step].to(torch.int64)
+    sigma = _sigma_at(schedule, timestep)
+    x0 = (sample.double() - sigma * velocity.double()).to(velocity.dtype)
+    if step == schedule.num_steps - 1:
+        return x0
+    next_sigma = _sigma_at(schedule, schedule.timesteps[step + 1].to(torch.int64)).reshape(1, 1, 1, 1, 1)
+    return ((1 - next_sigma) * x0 + next_sigma * start).type_as(start)
+
+
+def test_the_guard_fails_on_the_dmd_step_as_shipped(meta_engine, monkeypatch):
+    """The guard catches the bug that kept the server from starting on a GPU."""
+    engine = meta_engine("distilled")
+    monkeypatch.setattr(request_state, "dmd_step", _dmd_step_as_shipped)
+    params = VideoSamplingParams(num_frames=33, seed=6, pyramid_num_inference_steps_list=[2, 2, 2], **SIZE)
+    with pytest.raises(RequestFailedError, match="device"):
+        engine.generate(["a fox"], params)
+    # The same old step is harmless on the CPU, which is why CPU tests never saw it.
+    cpu = HeliosEngine(model="helios-tiny")
+    cpu.generate(["a fox"], VideoSamplingParams(num_frames=33, seed=6, **SIZE))
