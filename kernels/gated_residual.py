@@ -24,6 +24,7 @@ def gated_residual_ref(h, y, gate, index) -> torch.Tensor:
 
 
 if triton is not None:
+    from .utils import row_id
 
     @triton.jit
     def _gated_residual_kernel(
@@ -37,8 +38,9 @@ if triton is not None:
         stride_gate,
         N,
         BLOCK: tl.constexpr,
+        WIDE: tl.constexpr,  # int64 offsets (utils.wide_offsets)
     ):
-        row = tl.program_id(0)
+        row = row_id(WIDE)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         mask = cols < N
         h = tl.load(H + row * stride_h + cols, mask=mask, other=0.0).to(tl.float32)
@@ -48,7 +50,7 @@ if triton is not None:
 
 
 def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    from .utils import check_index, check_table, rows_view
+    from .utils import check_index, check_table, rows_view, wide_offsets
 
     rows_h, rows_y = rows_view(h, "h"), rows_view(y, "y")
     if rows_h.shape != rows_y.shape:
@@ -60,5 +62,6 @@ def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, index: 
     block = min(1024, 1 << max(width - 1, 0).bit_length())  # elementwise: tile the row
     grid = (rows_h.shape[0], triton.cdiv(width, block))
     _gated_residual_kernel[grid](rows_h, rows_y, out, gate, index, rows_h.stride(0), rows_y.stride(0), gate.stride(0),
-                                 width, BLOCK=block, num_warps=4)
+                                 width, BLOCK=block, num_warps=4,
+                                 WIDE=wide_offsets(rows_h.shape[0], rows_h.stride(0), rows_y.stride(0), width))
     return out.reshape(h.shape)

@@ -17,7 +17,7 @@ def layer_norm_ref(x, weight, bias, eps: float) -> torch.Tensor:
 
 
 if triton is not None:
-    from .utils import centred_row
+    from .utils import centred_row, row_id
 
     @triton.jit
     def _layer_norm_kernel(
@@ -29,8 +29,9 @@ if triton is not None:
         N,
         eps,
         BLOCK: tl.constexpr,
+        WIDE: tl.constexpr,  # int64 offsets (utils.wide_offsets)
     ):
-        row = tl.program_id(0)
+        row = row_id(WIDE)
         cols = tl.arange(0, BLOCK)
         centred, rstd, mask = centred_row(X, row, stride_x, N, eps, BLOCK)
         w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
@@ -39,7 +40,7 @@ if triton is not None:
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    from .utils import block_size, num_warps, rows_view
+    from .utils import block_size, num_warps, rows_view, wide_offsets
 
     rows = rows_view(x, "x")
     width = rows.shape[1]
@@ -48,5 +49,6 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     block = block_size(width)
     _layer_norm_kernel[(rows.shape[0],)](rows, out, weight.contiguous(), bias.contiguous(), rows.stride(0), width, eps,
-                                         BLOCK=block, num_warps=num_warps(block))
+                                         BLOCK=block, WIDE=wide_offsets(rows.shape[0], rows.stride(0), width),
+                                         num_warps=num_warps(block))
     return out.reshape(x.shape)

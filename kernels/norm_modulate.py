@@ -28,7 +28,7 @@ def norm_modulate_ref(x, shift, scale, index, eps: float) -> torch.Tensor:
 
 
 if triton is not None:
-    from .utils import centred_row
+    from .utils import centred_row, row_id
 
     @triton.jit
     def _norm_modulate_kernel(
@@ -42,9 +42,10 @@ if triton is not None:
         N,
         eps,
         BLOCK: tl.constexpr,
+        WIDE: tl.constexpr,  # int64 offsets (utils.wide_offsets)
     ):
         # Map the program id to the row of X and Y it computes.
-        row = tl.program_id(0)
+        row = row_id(WIDE)
         cols = tl.arange(0, BLOCK)
         centred, rstd, mask = centred_row(X, row, stride_x, N, eps, BLOCK)
         entry = tl.load(INDEX + row)
@@ -56,7 +57,7 @@ if triton is not None:
 
 def norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, index: torch.Tensor,
                   eps: float) -> torch.Tensor:
-    from .utils import block_size, check_index, check_table, num_warps, rows_view
+    from .utils import block_size, check_index, check_table, num_warps, rows_view, wide_offsets
 
     rows = rows_view(x, "x")
     width = rows.shape[1]
@@ -68,5 +69,6 @@ def norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, ind
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     block = block_size(width)
     _norm_modulate_kernel[(rows.shape[0],)](rows, out, shift, scale, index, rows.stride(0), shift.stride(0), width,
-                                           eps, BLOCK=block, num_warps=num_warps(block))
+                                           eps, BLOCK=block, WIDE=wide_offsets(rows.shape[0], rows.stride(0), width),
+                                           num_warps=num_warps(block))
     return out.reshape(x.shape)

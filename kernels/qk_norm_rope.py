@@ -40,6 +40,7 @@ def qk_norm_rope_ref(q, k, weight_q, weight_k, cos, sin, num_heads: int, eps: fl
 
 
 if triton is not None:
+    from .utils import row_id
 
     @triton.jit
     def _qk_norm_rope_kernel(
@@ -54,9 +55,10 @@ if triton is not None:
         eps,
         HALF_HEAD: tl.constexpr,
         BLOCK: tl.constexpr,  # covers D / 2 pairs
+        WIDE: tl.constexpr,  # int64 offsets (utils.wide_offsets)
     ):
         # Program (row, 0) handles the row of q, program (row, 1) the row of k.
-        row = tl.program_id(0)
+        row = row_id(WIDE)
         if tl.program_id(1) == 0:
             x_row, out_row, gain, stride = Q, QO, WQ, stride_q
         else:
@@ -80,7 +82,7 @@ if triton is not None:
 
 def qk_norm_rope(q, k, weight_q, weight_k, cos, sin, num_heads: int, eps: float):
     """Returns (q, k) normalised and rotated, [rows, D] contiguous in the input dtype."""
-    from .utils import block_size, num_warps
+    from .utils import block_size, num_warps, wide_offsets
 
     if q.ndim != 2 or q.shape != k.shape or q.stride(1) != 1 or k.stride(1) != 1:
         raise ValueError(f"q and k must be [rows, D] with unit column stride, got {tuple(q.shape)}, {tuple(k.shape)}")
@@ -99,5 +101,6 @@ def qk_norm_rope(q, k, weight_q, weight_k, cos, sin, num_heads: int, eps: float)
     block = block_size(width // 2)
     _qk_norm_rope_kernel[(rows, 2)](q, k, q_out, k_out, weight_q.contiguous(), weight_k.contiguous(), cos, sin,
                                     q.stride(0), k.stride(0), cos.shape[0], width, eps, HALF_HEAD=half_head,
-                                    BLOCK=block, num_warps=num_warps(block))
+                                    BLOCK=block, WIDE=wide_offsets(rows, q.stride(0), k.stride(0), width),
+                                    num_warps=num_warps(block))
     return q_out, k_out

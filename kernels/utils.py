@@ -20,6 +20,20 @@ def num_warps(block: int) -> int:
     return min(max(block // 256, 1), 16)
 
 
+INT32_MAX = 2**31 - 1
+
+
+def wide_offsets(rows: int, *row_strides: int) -> bool:
+    """Whether a launch over ``rows`` rows must compute its element offsets in int64.
+
+    Offsets are ``row * stride + column``. Triton computes them in int32 unless told otherwise,
+    which wraps silently past 2^31 - 1: with q and k as slices of the fused qkv (row stride
+    15,360) that happens from 139,811 rows, i.e. 13 stage-2 rows (11,040 tokens each) of the 14B
+    model in one forward. Below the limit the cheaper int32 arithmetic is kept.
+    """
+    return rows * max(row_strides) > INT32_MAX
+
+
 def rows_view(x: torch.Tensor, name: str) -> torch.Tensor:
     """x as [rows, width] with unit stride along the width; rows may be strided (no copy)."""
     if x.stride(-1) != 1:
@@ -50,6 +64,14 @@ except ImportError:
     triton = None
 
 if triton is not None:
+
+    @triton.jit
+    def row_id(WIDE: tl.constexpr):
+        """This program's row, as int64 when the launch's offsets need it (see ``wide_offsets``)."""
+        row = tl.program_id(0)
+        if WIDE:
+            row = row.to(tl.int64)
+        return row
 
     @triton.jit
     def centred_row(X, row, stride, N, eps, BLOCK: tl.constexpr):
