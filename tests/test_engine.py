@@ -241,3 +241,26 @@ def test_engine_counts_the_flops_its_forwards_execute():
                                  VideoSamplingParams(num_frames=33, seed=2, guidance_scale=1.0, height=128, width=64)])
     assert counting.flops > 0
     assert engine.stats.model_flops == pytest.approx(counting.flops, rel=1e-2)
+
+
+def test_warm_up_runs_one_chunk_at_the_serving_geometry():
+    """The server's warm-up makes the first user request's shapes: the default size and recipe."""
+    import asyncio
+
+    from helios_serve.engine.async_engine import AsyncHeliosEngine
+    from helios_serve.entrypoints.openai.lifecycle import warm_up
+
+    engine = AsyncHeliosEngine(model="helios-tiny")
+    shapes = []
+    engine.core.executor.runner.transformer.register_forward_hook(
+        lambda module, args, kwargs, output: shapes.append(tuple(kwargs["hidden_states"].shape[-2:])),
+        with_kwargs=True)
+    try:
+        seconds = asyncio.run(warm_up(engine))
+    finally:
+        engine.shutdown()
+    variant = engine.variant
+    latent = (variant.default_height // 8, variant.default_width // 8)  # 192x320 for helios-tiny
+    # Distilled recipe, amplified first chunk: 2 x (2, 2, 2) forwards at 1/4, 1/2 and full size.
+    expected = [(latent[0] // 4, latent[1] // 4)] * 4 + [(latent[0] // 2, latent[1] // 2)] * 4 + [latent] * 4
+    assert shapes == expected and seconds > 0

@@ -108,7 +108,8 @@ def test_same_seed_same_video(server):
 def test_models_health_ready_metrics(server):
     assert httpx.get(f"{server.api}/models").json()["data"][0]["id"] == "helios-tiny"
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{server.url}/ready").status_code == 200
+    ready = httpx.get(f"{server.url}/ready")
+    assert ready.status_code == 200 and ready.json()["warmup_seconds"] > 0
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in ("helios_queue_depth", "helios_running_requests", "helios_batch_rows_bucket", "helios_step_seconds",
                  "helios_chunk_seconds", "helios_time_to_first_chunk_seconds", "helios_realtime_factor",

@@ -55,6 +55,8 @@ class ServerState:
         self.service: VideoService | None = None
         self.load_error: str | None = None
         self.started = time.time()
+        self.warmup_seconds: float | None = None
+        """How long the start-up warm-up (one chunk at the serving geometry) took."""
 
     @property
     def ready(self) -> bool:
@@ -111,7 +113,7 @@ def build_app(config: ServerConfig) -> FastAPI:
     @app.get("/ready")
     async def ready():
         if state.ready:
-            return {"status": "ready", "model": config.model}
+            return {"status": "ready", "model": config.model, "warmup_seconds": round(state.warmup_seconds, 3)}
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
