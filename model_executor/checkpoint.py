@@ -17,6 +17,9 @@ from .sampling.schedules import SchedulerConfig
 TINY_MODEL = "helios-tiny"
 # Built-in tiny models: the same tiny weights, sampled like Distilled, Mid or Base.
 TINY_MODELS = (TINY_MODEL, "helios-tiny-mid", "helios-tiny-base")
+# The released 14B architecture with random weights, sampled like Distilled (for GPU speed checks).
+RANDOM_MODEL = "helios-distilled-random"
+BUILTIN_MODELS = (*TINY_MODELS, RANDOM_MODEL)
 MODEL_ALIASES = {
     "helios-base": "BestWishYsh/Helios-Base",
     "helios-mid": "BestWishYsh/Helios-Mid",
@@ -108,12 +111,12 @@ def read_variant(root: Path) -> ModelVariant:
 
 
 def resolve_model(name: str, cache_dir: str | None = None) -> str | Path:
-    """One of TINY_MODELS, or the directory of a diffusers-format checkpoint.
+    """One of BUILTIN_MODELS, or the directory of a diffusers-format checkpoint.
 
     ``cache_dir`` is the Hugging Face hub cache (default: HF_HUB_CACHE / HF_HOME); nothing is
     downloaded, only an existing snapshot is used.
     """
-    if name in TINY_MODELS:
+    if name in BUILTIN_MODELS:
         return name
     repo_id = MODEL_ALIASES.get(name, name)
     local = Path(os.path.expanduser(name))
@@ -132,5 +135,5 @@ def resolve_model(name: str, cache_dir: str | None = None) -> str | Path:
             return Path(snapshot_download(repo_id=repo_id, local_files_only=True, cache_dir=cache_dir))
         except (LocalEntryNotFoundError, FileNotFoundError, OSError):
             looked.append(f"{repo_id} not in the Hugging Face cache {cache_dir or constants.HF_HUB_CACHE}")
-    known = ", ".join([*TINY_MODELS, *MODEL_ALIASES])
+    known = ", ".join([*BUILTIN_MODELS, *MODEL_ALIASES])
     raise ModelNotFoundError(f"model {name!r} not found: {'; '.join(looked)} (built-in names: {known})")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import TINY_MODEL, TINY_MODELS, ModelVariant, read_variant, resolve_model
+from .checkpoint import RANDOM_MODEL, TINY_MODEL, TINY_MODELS, ModelVariant, read_variant, resolve_model
 from .conditioning import initial_history
 from .cost_model import forward_token_counts, transformer_flops
 from .device import to_device, to_host
@@ -72,6 +72,10 @@ class ModelRunner:
             )
             text_encoder = tiny_text_encoder(self.device, self.dtype, config.text_cache_size)
             return tiny_variant(location), transformer, text_encoder, None
+        if location == RANDOM_MODEL:
+            from .models.random_model import load_random_distilled
+
+            return load_random_distilled(self.device, self.dtype, config.kernels, config.text_cache_size)
         from .models.text_encoder import TextEncoder
 
         root = Path(location)

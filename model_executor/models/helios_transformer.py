@@ -131,9 +131,10 @@ class HeliosTransformer(nn.Module):
     @classmethod
     def from_preset(
         cls, name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu", batch_invariant=None,
-        kernels: str | None = None,
+        kernels: str | None = None, draw_on_device: bool = False,
     ) -> HeliosTransformer:
-        """A preset ("helios-tiny", "helios-14b") with deterministic random weights."""
+        """A preset ("helios-tiny", "helios-14b") with deterministic random weights (drawn on the
+        CPU, or on ``device`` with ``draw_on_device``: see ``loader.random_init``)."""
         from ..config import get_preset
         from ..layers.ops import default_backend
         from ..loader import default_batch_invariance, random_init
@@ -142,8 +143,7 @@ class HeliosTransformer(nn.Module):
         with torch.device("meta"):
             model = cls(get_preset(name), default_batch_invariance(device, batch_invariant),
                         kernels or default_backend(device))
-        if str(device) != "meta":
-            random_init(model, seed, dtype, device)
+        random_init(model, seed, dtype, device, draw_on_device)
         return model.eval()
 
     def history_kernels(self) -> dict[str, tuple[int, int, int]]:

@@ -30,13 +30,16 @@ def byte_level_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def tiny_text_encoder(device="cpu", dtype: torch.dtype = torch.float32, cache_size: int = 64) -> TextEncoder:
+def tiny_text_encoder(device="cpu", dtype: torch.dtype = torch.float32, cache_size: int = 64,
+                      width: int = HELIOS_TINY.text_dim) -> TextEncoder:
+    """A 2-layer random UMT5 with the byte-level tokenizer; ``width`` is its output (the
+    transformer's text_dim)."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     tokenizer = byte_level_tokenizer()
     config = UMT5Config(
         vocab_size=len(tokenizer),
-        d_model=HELIOS_TINY.text_dim,
+        d_model=width,
         d_kv=16,
         d_ff=128,
         num_layers=2,
