@@ -6,26 +6,41 @@
 #                                 when missing, Debian's chromium (browser tests) and ffmpeg
 #                                 (the HLS example), with apt-get
 #
-# torch: an installed torch is kept (a GPU machine keeps its CUDA build). On a machine with
-# no torch and no NVIDIA GPU the CPU wheel torch==2.13.0 is installed first, because an
-# unpinned torch would pull a CUDA build of several GB. Set TORCH_INDEX_URL to PyTorch's CPU
-# wheel index where plain PyPI would serve a CUDA build for that pin.
+# Versions: the exact ones CI tests (.ci/constraints-core.txt), so your environment is the
+# tested one. HELIOS_UNPINNED=1 installs setup.py's ranges instead.
+#
+# torch: an installed torch is kept (a GPU machine keeps its CUDA build), and then the pins of
+# torch and triton are left out. On a machine with no torch and no NVIDIA GPU the pinned CPU
+# wheel torch==2.13.0 is installed first, because an unpinned torch would pull a CUDA build of
+# several GB. Set TORCH_INDEX_URL to PyTorch's CPU wheel index where plain PyPI would serve a
+# CUDA build for that pin.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
 EXTRAS=${1:-}
 cd "$(dirname "$0")/.."
+PINS=.ci/constraints-core.txt
+TORCH_PIN=$(grep -E '^torch==' "$PINS" | cut -d= -f3)
 
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
 if "$PYTHON" -c "import torch" 2>/dev/null; then
     echo "install.sh: keeping the installed torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+    grep -vE '^(torch|triton)==' "$PINS" >"$constraints"
 elif command -v nvidia-smi >/dev/null 2>&1; then
     echo "install.sh: NVIDIA GPU found; pip will choose a CUDA build of torch"
+    grep -vE '^(torch|triton)==' "$PINS" >"$constraints"
 else
-    echo "install.sh: no GPU and no torch; installing the CPU build torch==2.13.0"
-    "$PYTHON" -m pip install "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+    echo "install.sh: no GPU and no torch; installing the CPU build torch==$TORCH_PIN"
+    "$PYTHON" -m pip install "torch==$TORCH_PIN" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+    cp "$PINS" "$constraints"
 fi
 
-"$PYTHON" -m pip install -e ".${EXTRAS:+[$EXTRAS]}"
+if [ -n "${HELIOS_UNPINNED:-}" ]; then
+    "$PYTHON" -m pip install -e ".${EXTRAS:+[$EXTRAS]}"
+else
+    "$PYTHON" -m pip install -c "$constraints" -e ".${EXTRAS:+[$EXTRAS]}"
+fi
 
 if [ "$EXTRAS" = "test" ]; then
     missing=()

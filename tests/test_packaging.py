@@ -81,3 +81,24 @@ def test_engine_plugins_are_declared_and_load_their_engine_lazily():
                 continue
             engines = {m for m in _absolute_imports(path) if m.split(".")[0] in ("vllm", "vllm_omni", "sglang", "ray")}
             assert not engines, (path, engines)
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_the_environment_is_the_one_ci_tests():
+    """scripts/install.sh installs the pinned versions of .ci/constraints-core.txt (torch and triton
+    excepted: a GPU machine keeps its own build), so a user's tests run on the tested environment."""
+    import os
+
+    import pytest
+
+    if os.environ.get("HELIOS_UNPINNED"):
+        pytest.skip("installed with HELIOS_UNPINNED=1: setup.py's ranges, not the pins")
+    pins = dict(line.strip().split("==", 1) for line in (REPO / ".ci" / "constraints-core.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    installed = {_normalise(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    differ = {name: (version, installed.get(_normalise(name))) for name, version in pins.items()
+              if name not in ("torch", "triton") and installed.get(_normalise(name)) != version}
+    assert differ == {}, f"installed versions differ from the pins (pinned, installed): {differ}"
