@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .device import to_device
 from .step_io import FRAMES_PER_CHUNK, HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec
 
 
@@ -42,8 +43,8 @@ def _corrupt(latents: torch.Tensor, sigma_range: tuple[float, float], generator,
     sigma = torch.rand(num_sigmas, generator=generator, device=generator.device) * (high - low) + low
     if num_sigmas > 1:
         sigma = sigma.view(1, 1, num_sigmas, 1, 1)
-    sigma = sigma.to(latents.device)
-    noise = torch.randn(latents.shape, generator=generator, device=generator.device).to(latents.device)
+    sigma = to_device(sigma, latents.device)
+    noise = to_device(torch.randn(latents.shape, generator=generator, device=generator.device), latents.device)
     return sigma * noise + (1 - sigma) * latents
 
 

@@ -104,13 +104,15 @@ def test_resumed_request_runs_on_a_device(meta_engine, variant, tmp_path):
     assert [c.chunk_index for c in chunks] == [1, 2]
 
 
-def test_no_unit_but_the_decode_waits_for_the_device(meta_engine):
+@pytest.mark.parametrize("mode", MODES)
+def test_no_unit_but_the_decode_waits_for_the_device(meta_engine, mode):
     """Host syncs per unit, counted on meta where every crossing a GPU would make is visible."""
     engine = meta_engine("distilled")
-    params = VideoSamplingParams(num_frames=66, seed=5, pyramid_num_inference_steps_list=[2, 2, 2], **SIZE)
+    params = VideoSamplingParams(num_frames=66, seed=5, pyramid_num_inference_steps_list=[2, 2, 2], **SIZE,
+                                 **MODES[mode])
     spec = dataclasses.replace(engine.resolve("a fox", params), resumable=True)
     core = engine.core
-    request = core.add_request("sync-count", spec)
+    request = core.add_request(f"sync-count-{mode}", spec)
     events_by_unit: dict[str, list[str]] = {}
     while not request.status.is_finished:  # one request: one unit per engine step
         with HostSyncCounter() as counter:

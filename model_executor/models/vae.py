@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ..device import to_device, to_host
+
 SPATIAL_SCALE, TEMPORAL_SCALE = 8, 4
 
 
@@ -36,7 +38,7 @@ class WanVAE:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Normalised latents of pixels [B, 3, T, H, W], sampled from the posterior with ``generator``."""
-        pixels = pixels.to(device=self.mean.device, dtype=self.dtype)
+        pixels = to_device(pixels.to(self.dtype), self.mean.device)
         latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
         return (latents - self.mean) * self.inv_std
 
@@ -75,8 +77,6 @@ class PreviewDecoder:
     def fit(cls, vae: WanVAE, seed: int = 0, size: int = 8) -> PreviewDecoder:
         """Least-squares fit of the VAE's decoded colours on its latents (one latent frame); on the
         host, once at load (``to`` moves the map to where the latents are)."""
-        from ..device import to_host
-
         g = torch.Generator().manual_seed(seed)
         latents = torch.randn(1, vae.vae.config.z_dim, 1, size, size, generator=g)
         pixels = to_host(vae.decode(latents).float())  # [1, 3, 1, 8 size, 8 size]
