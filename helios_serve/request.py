@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from .model_executor.step_io import FRAMES_PER_CHUNK, HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec
+from .model_executor.step_io import FRAMES_PER_CHUNK, HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec, UnitPosition
 
 
 class RequestStatus(enum.IntEnum):
@@ -105,6 +105,15 @@ class Request:
     @property
     def progress(self) -> float:
         return self.units_done / self.total_units
+
+    @property
+    def position(self) -> UnitPosition:
+        """The exact unit the request's next unit of work is (see UnitPosition)."""
+        if self.phase is Phase.BEGIN_CHUNK:
+            return UnitPosition(self.chunk_index, 0, 0)
+        if self.phase is Phase.NEXT_STAGE:
+            return UnitPosition(self.chunk_index, self.stage_index + 1, 0)
+        return UnitPosition(self.chunk_index, self.stage_index, self.step_index)
 
     def geometry(self, stage: int | None = None) -> StepGeometry:
         """Geometry of a forward at ``stage`` (default: the current one).

@@ -28,6 +28,10 @@ from .step_io import DecodedChunk, RequestSpec, StepPlan, StepResult
 logger = logging.getLogger(__name__)
 
 
+class ProgressMismatch(RuntimeError):
+    """The scheduler planned a unit the request's state is not at: a bug, failed loudly."""
+
+
 @dataclass(frozen=True)
 class RunnerConfig:
     model: str = TINY_MODEL
@@ -193,20 +197,32 @@ class ModelRunner:
         for request_id, spec in plan.encode:
             self._guarded(result, request_id, self.add_request, request_id, spec)
         for request_id in plan.begin_chunk:
-            self._guarded(result, request_id, self.begin_chunk, request_id)
+            self._guarded(result, request_id, self._planned, plan, "begin_chunk", request_id, self.begin_chunk)
         for request_id in plan.next_stage:
-            self._guarded(result, request_id, self.next_stage, request_id)
-        if plan.denoise:
-            live = [self.requests[r] for r in plan.denoise if r in self.requests]
+            self._guarded(result, request_id, self._planned, plan, "next_stage", request_id, self.next_stage)
+        denoise = [r for r in plan.denoise if self._guarded(result, r, self._planned, plan, "denoise", r) is not None]
+        if denoise:
+            live = [self.requests[r] for r in denoise]
             result.num_rows = sum(len(self.procedure.model_rows(state)) for state in live)
             result.model_flops = sum(self.forward_flops(state) for state in live)
-            self._denoise_isolating_failures(plan.denoise, result)
+            self._denoise_isolating_failures(denoise, result)
         for request_id in plan.decode:
-            chunk = self._guarded(result, request_id, self.finish_chunk, request_id)
+            chunk = self._guarded(result, request_id, self._planned, plan, "decode", request_id, self.finish_chunk)
             if chunk is not None:
                 result.chunks.append(chunk)
         result.model_seconds = time.perf_counter() - started
         return result
+
+    def _planned(self, plan: StepPlan, unit: str, request_id: str, run=None):
+        """Run ``unit`` for the request once its state is at the planned position (``run`` None:
+        only check). Returns the unit's result, or True when there is none."""
+        state = self.requests[request_id]
+        planned, actual = plan.positions.get(request_id), state.position_for(unit)
+        if actual is None or (planned is not None and planned != actual):
+            raise ProgressMismatch(f"{unit} planned at {planned}, but the request's state is at chunk "
+                                   f"{state.chunk_index}, stage {state.stage_index}, step {state.step_index}")
+        output = run(request_id) if run is not None else None
+        return True if output is None else output
 
     def _guarded(self, result: StepResult, request_id: str, fn, *args):
         try:
@@ -228,7 +244,8 @@ class ModelRunner:
             if len(states) == 1:
                 self._fail(result, next(iter(states)), exc)
                 return
-            # Batch invariance makes the one-by-one retry give exactly the batched result.
+            # On CPU (batch-invariant GEMMs) the one-by-one retry gives exactly the batched result;
+            # on a GPU it agrees to rounding.
             for request_id in states:
                 self._denoise_isolating_failures([request_id], result)
             return

@@ -27,7 +27,7 @@ from .sampling.dmd import dmd_step, euler_step
 from .sampling.pyramid import enter_finer_stage, shrink_noise
 from .sampling.schedules import StageSchedule, dynamic_shift_mu, pyramid_stage_schedule, single_stage_schedule
 from .sampling.unipc import UniPCState
-from .step_io import HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec
+from .step_io import HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec, UnitPosition
 
 LATENT_CHANNELS = 16
 # Relative temporal RoPE positions: [anchor | long 16 | mid 2 | last 1 | noisy 9] (spec §2.3).
@@ -72,6 +72,19 @@ class RequestState:
     @property
     def is_finished(self) -> bool:
         return self.chunk_index >= self.spec.num_chunks
+
+    def position_for(self, unit: str) -> UnitPosition | None:
+        """Where this state is if its next unit is ``unit`` ("begin_chunk", "denoise", "next_stage"
+        or "decode"; see UnitPosition); None if that unit cannot come next."""
+        if self.schedule is None:  # between chunks
+            return UnitPosition(self.chunk_index, 0, 0) if unit == "begin_chunk" else None
+        if unit == "denoise" and not self.stage_done:
+            return UnitPosition(self.chunk_index, self.stage_index, self.step_index)
+        if unit == "next_stage" and self.stage_done:
+            return UnitPosition(self.chunk_index, self.stage_index + 1, 0)
+        if unit == "decode" and self.stage_done:
+            return UnitPosition(self.chunk_index, self.stage_index, self.step_index)
+        return None
 
 
 class ChunkProcedure:

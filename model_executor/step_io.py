@@ -84,8 +84,22 @@ class RequestSpec:
 
 
 # -- the scheduler <-> runner contract ---------------------------------------------------------
-# The scheduler decides, the runner executes. Between them pass only ids, step indices and
-# the new requests' specs (sent once); the runner keeps every tensor, keyed by request id.
+# The scheduler decides, the runner executes. Between them pass only ids, the exact unit of
+# each (UnitPosition) and the new requests' specs (sent once); the runner keeps every tensor,
+# keyed by request id.
+
+
+@dataclass(frozen=True)
+class UnitPosition:
+    """Exactly which unit of its request a planned unit is: chunk, pyramid stage, denoising step.
+
+    begin_chunk (c, 0, 0); a denoising step (c, s, t), step t of stage s; next_stage (c, s, 0),
+    entering stage s; decode (c, s, n), after the n steps of the last stage s.
+    """
+
+    chunk: int
+    stage: int
+    step: int
 
 
 @dataclass
@@ -104,6 +118,10 @@ class StepPlan:
     """Requests whose chunk is denoised: record it in the history, decode it, hand it out."""
     free: list[str] = field(default_factory=list)
     """Cancelled or timed-out requests: drop their device state."""
+    positions: dict[str, UnitPosition] = field(default_factory=dict)
+    """For each request of begin_chunk, next_stage, denoise and decode: the unit the scheduler
+    means. The scheduler owns every request's progress; the runner checks that its own state is
+    at that unit and fails the request if not (a disagreement is a bug, never silently skipped)."""
 
     @property
     def is_empty(self) -> bool:

@@ -264,3 +264,22 @@ def test_warm_up_runs_one_chunk_at_the_serving_geometry():
     # Distilled recipe, amplified first chunk: 2 x (2, 2, 2) forwards at 1/4, 1/2 and full size.
     expected = [(latent[0] // 4, latent[1] // 4)] * 4 + [(latent[0] // 2, latent[1] // 2)] * 4 + [latent] * 4
     assert shapes == expected and seconds > 0
+
+
+def test_the_runner_refuses_a_unit_its_state_is_not_at():
+    """The scheduler owns progress; the plan says which unit, and a runner state that disagrees
+    fails that request (loudly, alone) instead of running the wrong unit."""
+    from helios_serve.model_executor.model_runner import ModelRunner, RunnerConfig
+    from helios_serve.model_executor.step_io import StepPlan, UnitPosition
+
+    runner = ModelRunner(RunnerConfig())
+    spec = HeliosEngine(model="helios-tiny").resolve("a fox", VideoSamplingParams(num_frames=33, height=64, width=64))
+    runner.execute(StepPlan(encode=[("a", spec), ("b", spec)]))
+    runner.execute(StepPlan(begin_chunk=["a", "b"], positions={"a": UnitPosition(0, 0, 0), "b": UnitPosition(0, 0, 0)}))
+    # "a" is at step 0 of stage 0; a plan for step 1 (or for a stage transition) is refused.
+    result = runner.execute(StepPlan(denoise=["a", "b"],
+                                     positions={"a": UnitPosition(0, 0, 1), "b": UnitPosition(0, 0, 0)}))
+    assert "planned at UnitPosition(chunk=0, stage=0, step=1)" in result.failed["a"] and "b" not in result.failed
+    assert result.num_rows == 1 and "a" not in runner.requests
+    result = runner.execute(StepPlan(next_stage=["b"], positions={"b": UnitPosition(0, 1, 0)}))
+    assert "next_stage planned" in result.failed["b"]

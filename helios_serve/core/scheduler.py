@@ -93,8 +93,10 @@ class Scheduler:
         plan.denoise = [r.request_id for r in denoise]
         plan.decode = [r.request_id for r in decodes]
         for request_id in plan.request_ids():
-            self.running[request_id].last_served_step = self.step_count
-            self.running[request_id].last_served_time = now
+            request = self.running[request_id]
+            request.last_served_step, request.last_served_time = self.step_count, now
+            if request.phase is not Phase.ENCODE:
+                plan.positions[request_id] = request.position
         return plan
 
     def _expire(self, now: float) -> None:
