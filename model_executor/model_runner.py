@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from .checkpoint import RANDOM_MODEL, TINY_MODEL, TINY_MODELS, ModelVariant, read_variant, resolve_model
+from .checkpoint import RANDOM_MODEL, TINY_MODELS, ModelVariant, read_variant, resolve_model
 from .conditioning import initial_history
 from .cost_model import forward_token_counts, transformer_flops
 from .device import to_device, to_host
@@ -23,7 +23,7 @@ from .models.helios_transformer import HeliosTransformer
 from .models.vae import PreviewDecoder, WanVAE
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
 from .resume import ResumeSnapshot, load_snapshot
-from .step_io import DecodedChunk, RequestSpec, StepPlan, StepResult
+from .step_io import DecodedChunk, RequestSpec, RunnerConfig, StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -32,24 +32,7 @@ class ProgressMismatch(RuntimeError):
     """The scheduler planned a unit the request's state is not at: a bug, failed loudly."""
 
 
-@dataclass(frozen=True)
-class RunnerConfig:
-    model: str = TINY_MODEL
-    device: str | None = None
-    """torch device; None picks cuda when available, else cpu."""
-    dtype: str | None = None
-    """Transformer and text-encoder dtype; None is bfloat16 on CUDA, float32 on CPU."""
-    text_cache_size: int = 64
-    kernels: str | None = None
-    """Elementwise kernels: "triton" or "native"; None is triton on CUDA (when installed), else native."""
-
-    def resolved_device(self) -> torch.device:
-        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    def resolved_dtype(self) -> torch.dtype:
-        if self.dtype:
-            return getattr(torch, self.dtype)
-        return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
+__all__ = ["ModelRunner", "ProgressMismatch", "RunnerConfig"]
 
 
 class ModelRunner:
@@ -185,6 +168,57 @@ class ModelRunner:
         if state.is_finished and owned:
             self.remove_request(request_id)
         return DecodedChunk(request_id, chunk_index, to_host(frames).numpy(), snapshot)
+
+    # -- fronts that drive their requests themselves (the SGLang and vLLM-Omni plugins) --------
+    # A request's state belongs to the caller; these four calls are all it needs, in this order:
+    # start, then per denoising step guided_velocities (batched) and advance, until finished.
+    def start(self, spec: RequestSpec) -> RequestState:
+        """A new request's state at the first denoising step of its first chunk (not kept here)."""
+        state = self.create_state(spec)
+        self.procedure.begin_chunk(state)
+        return state
+
+    def guided_velocities(self, states: list[RequestState]) -> list[torch.Tensor]:
+        """One transformer forward for these requests (equal token geometry): each one's guided velocity."""
+        return [self.procedure.guide(state, rows) for state, rows in zip(states, self.forward(states))]
+
+    def advance(self, request_id: str, state: RequestState, velocity: torch.Tensor) -> DecodedChunk | None:
+        """One sampler step with the request's guided velocity, then whatever is due after it: the
+        next pyramid stage, or the chunk's decode and the next chunk's begin. Returns the chunk
+        when one was decoded."""
+        self.procedure.sampler_step(state, velocity)
+        if not state.stage_done:
+            return None
+        if state.stage_index + 1 < self.procedure.scheduler.stages:
+            self.procedure.next_stage(state)
+            return None
+        chunk = self.finish_chunk(request_id, state)
+        if not state.is_finished:
+            self.procedure.begin_chunk(state)
+        return chunk
+
+    def generate(self, request_id: str, spec: RequestSpec, on_step=None) -> Iterator[DecodedChunk]:
+        """Every chunk of one request in order; ``on_step()`` after each denoising step."""
+        state = self.start(spec)
+        while not state.is_finished:
+            chunk = self.advance(request_id, state, self.guided_velocities([state])[0])
+            if on_step is not None:
+                on_step()
+            if chunk is not None:
+                yield chunk
+
+    def timestep(self, state: RequestState) -> float:
+        """The transformer timestep of the request's next denoising step."""
+        return self.procedure.model_timestep(state)
+
+    def stage_timesteps(self, state: RequestState) -> torch.Tensor:
+        """The transformer timesteps of the request's current stage, on the host."""
+        return self.procedure.model_timesteps(state)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The model's torch modules by role (for engines that move or offload them)."""
+        modules = {"transformer": self.transformer, "text_encoder": self.text_encoder.encoder}
+        return modules | ({"vae": self.vae.vae} if self.vae is not None else {})
 
     # -- one engine step -------------------------------------------------------------------
     @torch.inference_mode()

@@ -84,20 +84,9 @@ class HeliosServeStage(PipelineStage):
     def forward(self, batch: Req, server_args) -> OutputBatch:
         runner = self.runner
         spec = request_spec(batch.prompt, self._fields(batch.sampling_params), runner.variant, runner.vae is not None)
-        state = runner.create_state(spec)
-        frames = []
         with self.progress_bar(total=spec.num_forwards, batch=batch) as progress:
-            while not state.is_finished:
-                runner.procedure.begin_chunk(state)
-                while True:
-                    runner.procedure.apply_model_output(state, runner.forward([state])[0])
-                    progress.update(1)
-                    if not state.stage_done:
-                        continue
-                    if state.stage_index + 1 == runner.procedure.scheduler.stages:
-                        break
-                    runner.procedure.next_stage(state)
-                frames.append(runner.finish_chunk(batch.request_id or "", state).frames)
+            chunks = runner.generate(batch.request_id or "", spec, on_step=lambda: progress.update(1))
+            frames = [chunk.frames for chunk in chunks]
         video = np.concatenate(frames)[None]  # uint8 [1, T, H, W, 3]: SGLang saves uint8 frames as they are
         return OutputBatch(output=video, metrics=batch.metrics)
 

@@ -40,8 +40,7 @@ from vllm_omni.errors import OmniClientError
 
 from ...model_executor.checkpoint import read_variant, resolve_model
 from ...model_executor.model_runner import ModelRunner, RunnerConfig
-from ...model_executor.request_state import LATENT_CHANNELS, RequestState
-from ...model_executor.step_io import LATENT_FRAMES_PER_CHUNK, RequestSpec
+from ...model_executor.step_io import LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, RequestSpec
 from ..request_fields import request_spec
 
 logger = logging.getLogger(__name__)
@@ -124,9 +123,8 @@ class HeliosServePipeline(nn.Module):
         finally:
             torch.set_default_dtype(previous)
         # Registered as submodules so vLLM-Omni's offloading and device moves find them.
-        self.transformer = self.runner.transformer
-        self.text_encoder = self.runner.text_encoder.encoder
-        self.vae = self.runner.vae.vae
+        modules = self.runner.modules()
+        self.transformer, self.text_encoder, self.vae = modules["transformer"], modules["text_encoder"], modules["vae"]
         self.weights_sources = ()  # our loader read the checkpoint above (with its own checks)
 
     def load_weights(self, weights) -> set[str]:
@@ -135,11 +133,14 @@ class HeliosServePipeline(nn.Module):
         return {name for name, _ in self.named_parameters()}
 
     # -- vLLM-Omni step contract ---------------------------------------------------------------
+    # Our side of a request is driven through the runner's public calls only: start, then per
+    # step guided_velocities (batched over the running requests) and advance. vLLM-Omni's own
+    # counters (chunk, step in chunk, timesteps) are kept in step with the runner's state here.
     def prepare_encode(self, state: StepRequestState, **kwargs: Any) -> StepRequestState:
         text, fields = request_fields(state.prompt, state.sampling)
         try:
             spec = request_spec(text, fields, self.runner.variant, has_vae=self.runner.vae is not None)
-            helios = self.runner.create_state(spec)
+            helios = self.runner.start(spec)
         except ValueError as exc:
             raise OmniClientError(str(exc)) from None
         logger.info(
@@ -150,11 +151,10 @@ class HeliosServePipeline(nn.Module):
         state.extra[DONE_FRAMES] = []
         state.extra[BATCH_STATS] = {"largest": 0, "mixed_timesteps": False}
         state.total_chunks = spec.num_chunks
-        state.chunk_index = helios.chunk_index
         state.step_index = 0
         # One timestep per forward of the whole request, filled in as each stage starts.
         state.timesteps = torch.zeros(spec.num_forwards, dtype=torch.float32)
-        self._begin_chunk(state)
+        self._enter_chunk(state)
         return state
 
     def denoise_step(self, input_batch: InputBatch, *, states=None, **kwargs: Any) -> torch.Tensor:
@@ -173,10 +173,10 @@ class HeliosServePipeline(nn.Module):
 
     def _forward_group(self, states: list[StepRequestState], indices: list[int], velocities: list) -> None:
         """One transformer call; if it fails, retry one by one so only the culprit fails
-        (its step_scheduler raises the error; the forward is batch-invariant on CPU)."""
+        (its step_scheduler raises the error)."""
         helios = [state.extra[HELIOS] for state in states]
         try:
-            rows = self.runner.forward(helios)
+            guided = self.runner.guided_velocities(helios)
         except Exception as exc:  # noqa: BLE001 - any failure of one request is reported, not raised
             if len(states) == 1:
                 states[0].extra[FAILURE] = exc
@@ -184,9 +184,9 @@ class HeliosServePipeline(nn.Module):
             for state, index in zip(states, indices):
                 self._forward_group([state], [index], velocities)
             return
-        timesteps = {self.runner.procedure.model_timestep(h) for h in helios}
-        for state, h, index, request_rows in zip(states, helios, indices, rows):
-            velocities[index] = self.runner.procedure.guide(h, request_rows)
+        timesteps = {self.runner.timestep(h) for h in helios}
+        for state, index, velocity in zip(states, indices, guided):
+            velocities[index] = velocity
             batch = state.extra[BATCH_STATS]
             batch["largest"] = max(batch["largest"], len(states))
             batch["mixed_timesteps"] |= len(timesteps) > 1
@@ -195,24 +195,28 @@ class HeliosServePipeline(nn.Module):
         failure = state.extra.pop(FAILURE, None)
         if failure is not None:
             raise failure
-        helios: RequestState = state.extra[HELIOS]
-        procedure = self.runner.procedure
-        # Non-finite latents are flagged on the device and raised by runner.finish_chunk (no host read here).
-        procedure.sampler_step(helios, _unpack(noise_pred[0], helios.latents.shape))
+        helios = state.extra[HELIOS]
+        stage = helios.stage_index
+        chunk = self.runner.advance(state.request_id, helios, _unpack(noise_pred[0], helios.latents.shape))
         state.step_index += 1
         state.step_in_chunk += 1
-        if helios.stage_done and helios.stage_index + 1 < procedure.scheduler.stages:
-            procedure.next_stage(helios)
+        if chunk is not None:
+            state.extra[DONE_FRAMES].append(chunk.frames)
+            # Streamed chunks enter the next chunk in post_decode, which vLLM-Omni calls only
+            # while this chunk still reads as denoised.
+            if not self.od_config.streaming_output and not helios.is_finished:
+                self._enter_chunk(state)
+        elif helios.stage_index != stage:
             self._record_stage_timesteps(state)
-        if state.chunk_denoise_completed and not self.od_config.streaming_output and not state.denoise_completed:
-            # Chunks are not streamed: close this one now, post_decode comes after the last.
-            state.extra[DONE_FRAMES].append(self._finish_chunk(state))
-        state.latents = _pack(helios.latents, self._row_size(helios.spec))
+        if not helios.is_finished:
+            state.latents = _pack(helios.latents, self._row_size(helios.spec))
 
     def post_decode(self, state: StepRequestState, **kwargs: Any) -> DiffusionOutput:
         chunk_index = state.chunk_index
-        frames = [*state.extra[DONE_FRAMES], self._finish_chunk(state)]
-        state.extra[DONE_FRAMES] = []
+        helios = state.extra[HELIOS]
+        frames, state.extra[DONE_FRAMES] = state.extra[DONE_FRAMES], []
+        if self.od_config.streaming_output or helios.is_finished:
+            self._enter_chunk(state)
         video = torch.from_numpy(np.concatenate(frames))[None]
         finished = state.request_denoise_completed
         if finished:
@@ -236,27 +240,21 @@ class HeliosServePipeline(nn.Module):
             self.step_scheduler(state, noise_pred)
         return self.post_decode(state)
 
-    # -- chunk bookkeeping ---------------------------------------------------------------------
-    def _begin_chunk(self, state: StepRequestState) -> None:
-        helios: RequestState = state.extra[HELIOS]
-        self.runner.procedure.begin_chunk(helios)
+    # -- vLLM-Omni's counters --------------------------------------------------------------------
+    def _enter_chunk(self, state: StepRequestState) -> None:
+        """vLLM-Omni's view of the chunk the runner's state is now at (past the last when finished)."""
+        helios = state.extra[HELIOS]
+        state.chunk_index = helios.chunk_index
+        if helios.is_finished:
+            return
         state.step_in_chunk = 0
         state.chunk_num_steps = sum(helios.spec.steps_in_chunk(helios.chunk_index))
         self._record_stage_timesteps(state)
         state.latents = _pack(helios.latents, self._row_size(helios.spec))
 
     def _record_stage_timesteps(self, state: StepRequestState) -> None:
-        timesteps = self.runner.procedure.model_timesteps(state.extra[HELIOS])
+        timesteps = self.runner.stage_timesteps(state.extra[HELIOS])
         state.timesteps[state.step_index : state.step_index + len(timesteps)] = timesteps
-
-    def _finish_chunk(self, state: StepRequestState) -> np.ndarray:
-        """Record the chunk in the history, decode it, and start the next one if any."""
-        helios: RequestState = state.extra[HELIOS]
-        chunk = self.runner.finish_chunk(state.request_id, helios)
-        state.chunk_index = helios.chunk_index
-        if not helios.is_finished:
-            self._begin_chunk(state)
-        return chunk.frames
 
     @staticmethod
     def _row_size(spec: RequestSpec) -> int:
