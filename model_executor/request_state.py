@@ -27,9 +27,8 @@ from .sampling.dmd import dmd_step, euler_step
 from .sampling.pyramid import enter_finer_stage, shrink_noise
 from .sampling.schedules import StageSchedule, dynamic_shift_mu, pyramid_stage_schedule, single_stage_schedule
 from .sampling.unipc import UniPCState
-from .step_io import HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec, UnitPosition
+from .step_io import HISTORY_SIZES, LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, RequestSpec, UnitPosition
 
-LATENT_CHANNELS = 16
 # Relative temporal RoPE positions: [anchor | long 16 | mid 2 | last 1 | noisy 9] (spec §2.3).
 _POSITIONS = torch.arange(1 + sum(HISTORY_SIZES) + LATENT_FRAMES_PER_CHUNK)
 HISTORY_INDICES = {

@@ -12,6 +12,7 @@ from typing import Any
 
 FRAMES_PER_CHUNK = 33
 LATENT_FRAMES_PER_CHUNK = 9
+LATENT_CHANNELS = 16
 HISTORY_SIZES = (16, 2, 1)  # long, mid, short-term history latents (spec §3.1)
 
 
@@ -21,6 +22,32 @@ def chunk_frame_counts(num_frames: int) -> list[int]:
     total = FRAMES_PER_CHUNK * num_chunks
     trimmed = (total - 1) // 4 * 4 + 1
     return [FRAMES_PER_CHUNK] * (num_chunks - 1) + [FRAMES_PER_CHUNK - (total - trimmed)]
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """How the ModelRunner is built. Torch-free, so the engine core can hold it without torch."""
+
+    model: str = "helios-tiny"
+    device: str | None = None
+    """torch device; None picks cuda when available, else cpu."""
+    dtype: str | None = None
+    """Transformer and text-encoder dtype; None is bfloat16 on CUDA, float32 on CPU."""
+    text_cache_size: int = 64
+    kernels: str | None = None
+    """Elementwise kernels: "triton" or "native"; None is triton on CUDA (when installed), else native."""
+
+    def resolved_device(self):
+        import torch
+
+        return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def resolved_dtype(self):
+        import torch
+
+        if self.dtype:
+            return getattr(torch, self.dtype)
+        return torch.bfloat16 if self.resolved_device().type == "cuda" else torch.float32
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from ..config import EngineConfig
 from ..core.scheduler import Scheduler
 from ..executor import UniprocExecutor
-from ..model_executor.model_runner import RunnerConfig
-from ..model_executor.step_io import DecodedChunk, RequestSpec, StepResult
+from ..model_executor.step_io import DecodedChunk, RequestSpec, RunnerConfig, StepResult
 from ..request import Request, RequestStatus
 
 
