@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import re
@@ -83,9 +84,21 @@ class TextEncoder:
             return_tensors="pt",
         )
         length = int(tokens.attention_mask.gt(0).sum())  # counted on the host: no device read
-        # Given a 2-D mask, transformers asks the device whether any token is padding (a host
-        # read); the equivalent 4-D mask (query i may attend to key j when j is a token) is used as is.
-        keys = to_device(tokens.attention_mask.bool(), self.device)
-        mask = keys[:, None, None, :].expand(-1, 1, keys.shape[1], -1)
+        mask = to_device(tokens.attention_mask, self.device)
+        if _takes_prepared_masks():
+            # Given a 2-D mask, these versions ask the device whether any token is padding (a host
+            # read); the same mask in 4-D (query i may attend to key j when j is a token) is used as is.
+            mask = mask.bool()[:, None, None, :].expand(-1, 1, mask.shape[1], -1)
         hidden = self.encoder(to_device(tokens.input_ids, self.device), mask).last_hidden_state
         return hidden[0, :length].to(self.dtype).clone()
+
+
+@functools.cache
+def _takes_prepared_masks() -> bool:
+    """Whether transformers' UMT5 encoder builds its mask with masking_utils (5.19 and later, as
+    far as tested here: 5.19, 5.23), which uses a prepared 4-D mask as is. Earlier versions (5.14)
+    add the 2-D mask directly, reading nothing from the device, and would break on a 4-D one."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__) >= Version("5.19")
