@@ -128,3 +128,24 @@ def test_help_explains_every_command_and_its_defaults():
         assert "(default:" in text, command
     serve = run_cli("serve", "--help").stdout
     assert "--replicas" in serve and "--api-key" in serve and "(default: 8000)" in serve
+
+
+def test_every_engine_setting_is_a_serve_flag_with_its_help():
+    """The engine flags of `serve` are generated from EngineConfig: every field reachable, its help
+    and default written once (in the config), and the flags build the same config back."""
+    import argparse
+    import dataclasses
+
+    from helios_serve.config import EngineConfig, add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, EngineConfig)
+    assert config_from_args(EngineConfig, parser.parse_args([])) == EngineConfig()
+    args = parser.parse_args(["--max-decodes-per-step", "3", "--priority-aging-s", "2.5", "--request-timeout", "60",
+                              "--policy", "deadline", "--background-slack-s", "0.5", "--max-encodes-per-step", "4"])
+    config = config_from_args(EngineConfig, args)
+    assert (config.max_decodes_per_step, config.priority_aging_s, config.request_timeout_s, config.policy,
+            config.background_slack_s, config.max_encodes_per_step) == (3, 2.5, 60.0, "deadline", 0.5, 4)
+    help_text = " ".join(parser.format_help().split())
+    for item in dataclasses.fields(EngineConfig):
+        assert " ".join(item.metadata["help"].split()) in help_text, item.name

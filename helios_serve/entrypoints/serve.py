@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 
-from ..config import EngineConfig
+from ..config import EngineConfig, add_config_arguments, config_from_args
 
 
 def add_serve_parser(subparsers, default_model: str) -> None:
@@ -35,13 +35,7 @@ def add_serve_parser(subparsers, default_model: str) -> None:
                         help="transformer dtype; auto is bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--kernels", default="auto", choices=("auto", "triton", "native"),
                         help="elementwise kernels of the transformer; auto is triton on CUDA, native elsewhere")
-    engine = parser.add_argument_group("engine")
-    engine.add_argument("--policy", default="fcfs", choices=("fcfs", "priority", "deadline"), help="scheduling policy")
-    engine.add_argument("--max-rows-per-forward", type=int, default=None, help="[derived from the model size]")
-    engine.add_argument("--max-tokens-per-forward", type=int, default=None, help="[derived from the model size]")
-    engine.add_argument("--max-running-requests", type=int, default=None, help="[derived from the model size]")
-    engine.add_argument("--max-waiting-requests", type=int, default=256, help="queue length before 429")
-    engine.add_argument("--request-timeout", type=float, default=None, help="seconds before a job is failed")
+    add_config_arguments(parser.add_argument_group("engine (the step scheduler's budgets and policy)"), EngineConfig)
     ray = parser.add_argument_group("scale out with Ray Serve (pip install 'helios-serve[ray]')")
     ray.add_argument("--replicas", type=int, default=None,
                      help="run this many engine replicas behind one endpoint with Ray Serve [one process, no Ray]")
@@ -72,14 +66,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be from 1 to 65535, got {args.port}")
     resolve_model(args.model)  # an unknown model is one clear error now, not a failed load later
     _check_port(args.host, args.port)
-    engine = EngineConfig(
-        policy=args.policy,
-        max_rows_per_forward=args.max_rows_per_forward,
-        max_tokens_per_forward=args.max_tokens_per_forward,
-        max_running_requests=args.max_running_requests,
-        max_waiting_requests=args.max_waiting_requests,
-        request_timeout_s=args.request_timeout,
-    )
+    engine = config_from_args(EngineConfig, args)
     config = ServerConfig(
         model=args.model, data_dir=args.data_dir, api_key=args.api_key, retention_hours=args.retention_hours,
         max_upload_mb=args.max_upload_mb, device=None if args.device == "auto" else args.device,
