@@ -141,7 +141,7 @@ class Check:
         runner = self.helios().core.executor.runner
         variant = runner.variant
         tokens = forward_tokens(runner.transformer.config, variant.default_height, variant.default_width,
-                                variant.scheduler.stages)
+                                variant.sampler.stages)
         return variant, [t["total"] for t in tokens]
 
     # -- sections --------------------------------------------------------------------------
@@ -249,7 +249,7 @@ class Check:
         runner = engine.core.executor.runner
         variant, tokens = self.stage_geometry()
         spec = engine.resolve("a fox", VideoSamplingParams(num_frames=33, seed=0,
-                                                           pyramid_num_inference_steps_list=[1] * variant.scheduler.stages,
+                                                           pyramid_num_inference_steps_list=[1] * variant.sampler.stages,
                                                            is_amplify_first_chunk=False))
         state = runner.create_state(spec)
         runner.procedure.begin_chunk(state)
@@ -313,7 +313,7 @@ class Check:
 
         torch = self.torch
         engine = self.helios()
-        stages = engine.variant.scheduler.stages
+        stages = engine.variant.sampler.stages
         steps = [1] * stages
         # Compilation, autotuning and allocator growth stay out of the numbers (as the server's warm-up).
         engine.generate(["warm-up"], VideoSamplingParams(num_frames=33, seed=1, pyramid_num_inference_steps_list=steps))

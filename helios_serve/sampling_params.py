@@ -68,7 +68,7 @@ class VideoSamplingParams:
             raise ValueError("prompt must be a non-empty string")
         height = self.height if self.height is not None else variant.default_height
         width = self.width if self.width is not None else variant.default_width
-        multiple = 16 * 2 ** (variant.scheduler.stages - 1)
+        multiple = 16 * 2 ** (variant.sampler.stages - 1)
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % multiple:
                 raise ValueError(f"{name} must be a positive multiple of {multiple} for this model, got {value!r}")
@@ -110,7 +110,7 @@ class VideoSamplingParams:
             use_zero_init=self.use_zero_init,
             zero_steps=int(self.zero_steps),
             # Only the DMD sampler amplifies the first chunk (the UniPC stages ignore the flag).
-            amplify_first_chunk=bool(amplify) and variant.scheduler.kind == "dmd",
+            amplify_first_chunk=bool(amplify) and variant.sampler.kind == "dmd",
             skip_first_chunk=self.is_skip_first_chunk,
             image=self.image,
             video=self.video,

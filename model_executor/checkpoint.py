@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sampling.schedules import SchedulerConfig
+from .sampling.schedules import SamplerScheduleConfig
 
 TINY_MODEL = "helios-tiny"
 # Built-in tiny models: the same tiny weights, sampled like Distilled, Mid or Base.
@@ -39,7 +39,7 @@ class ModelVariant:
 
     name: str
     """'base', 'mid' or 'distilled' (or 'tiny')."""
-    scheduler: SchedulerConfig
+    sampler: SamplerScheduleConfig
     is_cfg_zero_star: bool
     is_distilled: bool
     default_steps: tuple[int, ...]
@@ -53,7 +53,7 @@ class ModelVariant:
 
     @property
     def is_pyramid(self) -> bool:
-        return self.scheduler.stages > 1
+        return self.sampler.stages > 1
 
 
 def variant_from_configs(model_index: dict, scheduler_config: dict) -> ModelVariant:
@@ -66,7 +66,7 @@ def variant_from_configs(model_index: dict, scheduler_config: dict) -> ModelVari
     kind = SCHEDULER_KINDS[scheduler_class] or scheduler_config.get("scheduler_type", "unipc")
     defaults = {"HeliosScheduler": "exponential", "HeliosDMDScheduler": "linear"}[scheduler_class]
     stages = int(scheduler_config.get("stages", 3))
-    scheduler = SchedulerConfig(
+    sampler = SamplerScheduleConfig(
         kind=kind,
         num_train_timesteps=int(scheduler_config.get("num_train_timesteps", 1000)),
         shift=float(scheduler_config.get("shift", 1.0)),
@@ -80,10 +80,10 @@ def variant_from_configs(model_index: dict, scheduler_config: dict) -> ModelVari
     is_distilled = bool(model_index.get("is_distilled", False)) or kind == "dmd"
     is_cfg_zero_star = bool(model_index.get("is_cfg_zero_star", False))
     if pipeline == "HeliosPipeline" or stages == 1:
-        return ModelVariant("base", scheduler, False, False, (50,), 5.0, False)
+        return ModelVariant("base", sampler, False, False, (50,), 5.0, False)
     if is_distilled:
-        return ModelVariant("distilled", scheduler, is_cfg_zero_star, True, (2,) * stages, 1.0, True, default_num_frames=240)
-    return ModelVariant("mid", scheduler, is_cfg_zero_star, False, (20,) * stages, 5.0, False)
+        return ModelVariant("distilled", sampler, is_cfg_zero_star, True, (2,) * stages, 1.0, True, default_num_frames=240)
+    return ModelVariant("mid", sampler, is_cfg_zero_star, False, (20,) * stages, 5.0, False)
 
 
 _VARIANT_CONFIGS = {

@@ -189,7 +189,7 @@ class ModelRunner:
         self.procedure.sampler_step(state, velocity)
         if not state.stage_done:
             return None
-        if state.stage_index + 1 < self.procedure.scheduler.stages:
+        if state.stage_index + 1 < self.procedure.sampler.stages:
             self.procedure.next_stage(state)
             return None
         chunk = self.finish_chunk(request_id, state)

@@ -91,7 +91,7 @@ class ChunkProcedure:
 
     def __init__(self, variant: ModelVariant, patch_size: tuple[int, int, int], compute_dtype: torch.dtype, device):
         self.variant = variant
-        self.scheduler = variant.scheduler
+        self.sampler = variant.sampler
         self.patch_size = patch_size
         self.compute_dtype = compute_dtype
         self.device = torch.device(device)
@@ -109,31 +109,31 @@ class ChunkProcedure:
         state.latents = to_device(noise, self.device)
         state.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         if self.variant.is_pyramid:
-            state.latents = shrink_noise(state.latents, self.scheduler.stages)
+            state.latents = shrink_noise(state.latents, self.sampler.stages)
         self._start_stage(state, 0)
 
     def _num_tokens(self, latents: torch.Tensor) -> int:
         return latents.shape[-1] * latents.shape[-2] * latents.shape[-3] // math.prod(self.patch_size)
 
     def _start_stage(self, state: RequestState, stage: int) -> None:
-        spec, scheduler = state.spec, self.scheduler
+        spec, sampler = state.spec, self.sampler
         # mu comes from the latents *before* the stage's upsample (a reference quirk, spec §4.3).
         mu = dynamic_shift_mu(self._num_tokens(state.latents))
         if self.variant.is_pyramid:
             amplify = spec.amplify_first_chunk and state.chunk_index == 0
-            state.schedule = pyramid_stage_schedule(scheduler, stage, spec.stage_steps[stage], mu, amplify)
+            state.schedule = pyramid_stage_schedule(sampler, stage, spec.stage_steps[stage], mu, amplify)
         else:
-            state.schedule = single_stage_schedule(scheduler, spec.stage_steps[0], mu)
+            state.schedule = single_stage_schedule(sampler, spec.stage_steps[0], mu)
         if stage > 0:
-            alpha, beta = scheduler.stage_tables.renoise_coefficients(stage, scheduler.gamma)
+            alpha, beta = sampler.stage_tables.renoise_coefficients(stage, sampler.gamma)
             patch = self.patch_size[1:]
             state.latents = enter_finer_stage(
-                state.latents, alpha, beta, scheduler.gamma, state.generator, self.compute_dtype, patch
+                state.latents, alpha, beta, sampler.gamma, state.generator, self.compute_dtype, patch
             )
         state.stage_index, state.step_index = stage, 0
         state.model_timesteps = to_device(self.model_timesteps(state).to(torch.float32), self.device)
-        state.stage_start = state.latents if scheduler.kind == "dmd" else None
-        state.solver = UniPCState(state.schedule.sigmas, scheduler.disable_corrector) if scheduler.kind == "unipc" else None
+        state.stage_start = state.latents if sampler.kind == "dmd" else None
+        state.solver = UniPCState(state.schedule.sigmas, sampler.disable_corrector) if sampler.kind == "unipc" else None
 
     # -- denoising steps -----------------------------------------------------------------
     def model_timestep(self, state: RequestState) -> float:
@@ -159,9 +159,9 @@ class ChunkProcedure:
     def sampler_step(self, state: RequestState, velocity: torch.Tensor) -> None:
         """One step of the request's sampler with its guided velocity."""
         schedule, step = state.schedule, state.step_index
-        if self.scheduler.kind == "dmd":
+        if self.sampler.kind == "dmd":
             state.latents = dmd_step(schedule, step, velocity, state.latents, state.stage_start)
-        elif self.scheduler.kind == "euler":
+        elif self.sampler.kind == "euler":
             state.latents = euler_step(schedule, step, velocity, state.latents)
         else:
             state.latents = state.solver.step(velocity, state.latents)

@@ -52,7 +52,7 @@ def test_variant_is_read_from_the_checkpoint(tmp_path, model_index, scheduler, e
     assert variant.name == expected
     assert variant.default_steps == {"base": (50,), "mid": (20, 20, 20), "distilled": (2, 2, 2)}[expected]
     assert variant.is_cfg_zero_star == (expected == "mid")
-    assert variant.scheduler.time_shift_type == ("linear" if expected == "distilled" else "exponential")
+    assert variant.sampler.time_shift_type == ("linear" if expected == "distilled" else "exponential")
 
 
 def test_text_embeddings_match_the_reference_pipeline():

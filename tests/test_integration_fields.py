@@ -40,6 +40,6 @@ def test_bad_fields_name_themselves(fields, message):
 
 def test_official_variants_carry_the_published_recipes():
     base, mid = official_variant("base"), official_variant("mid")
-    assert (base.default_steps, base.default_guidance_scale, base.scheduler.stages) == ((50,), 5.0, 1)
-    assert (mid.default_steps, mid.default_guidance_scale, mid.scheduler.kind) == ((20, 20, 20), 5.0, "unipc")
-    assert (DISTILLED.default_steps, DISTILLED.scheduler.kind, DISTILLED.default_amplify_first_chunk) == ((2, 2, 2), "dmd", True)
+    assert (base.default_steps, base.default_guidance_scale, base.sampler.stages) == ((50,), 5.0, 1)
+    assert (mid.default_steps, mid.default_guidance_scale, mid.sampler.kind) == ((20, 20, 20), 5.0, "unipc")
+    assert (DISTILLED.default_steps, DISTILLED.sampler.kind, DISTILLED.default_amplify_first_chunk) == ((2, 2, 2), "dmd", True)

@@ -11,16 +11,16 @@ import torch
 from helios_serve.model_executor.sampling import guidance, pyramid
 from helios_serve.model_executor.sampling.dmd import dmd_step, euler_step
 from helios_serve.model_executor.sampling.schedules import (
-    SchedulerConfig,
+    SamplerScheduleConfig,
     dynamic_shift_mu,
     pyramid_stage_schedule,
     single_stage_schedule,
 )
 from helios_serve.model_executor.sampling.unipc import UniPCState
 
-MID = SchedulerConfig(kind="unipc", stages=3)
-DISTILLED = SchedulerConfig(kind="dmd", stages=3, time_shift_type="linear")
-BASE = SchedulerConfig(kind="unipc", stages=1, stage_range=(0.0, 1.0))
+MID = SamplerScheduleConfig(kind="unipc", stages=3)
+DISTILLED = SamplerScheduleConfig(kind="dmd", stages=3, time_shift_type="linear")
+BASE = SamplerScheduleConfig(kind="unipc", stages=1, stage_range=(0.0, 1.0))
 
 
 def fake_velocity(x: torch.Tensor, t: float) -> torch.Tensor:

@@ -62,14 +62,14 @@ def tiny_variant(name: str = "helios-tiny"):
     amplified first chunk); helios-tiny-mid like Mid (pyramid UniPC, CFG-Zero*); helios-tiny-base
     like Base (one-stage UniPC, CFG). Step counts are cut down to keep CPU runs quick."""
     from ..checkpoint import ModelVariant
-    from ..sampling.schedules import SchedulerConfig
+    from ..sampling.schedules import SamplerScheduleConfig
 
     sizes = dict(default_height=192, default_width=320)
     if name == "helios-tiny-mid":
-        scheduler = SchedulerConfig(kind="unipc", stages=3, use_dynamic_shifting=True)
-        return ModelVariant("tiny-mid", scheduler, True, False, (3, 3, 3), 5.0, False, **sizes)
+        sampler = SamplerScheduleConfig(kind="unipc", stages=3, use_dynamic_shifting=True)
+        return ModelVariant("tiny-mid", sampler, True, False, (3, 3, 3), 5.0, False, **sizes)
     if name == "helios-tiny-base":
-        scheduler = SchedulerConfig(kind="unipc", stages=1, stage_range=(0.0, 1.0), use_dynamic_shifting=True)
-        return ModelVariant("tiny-base", scheduler, False, False, (8,), 5.0, False, **sizes)
-    scheduler = SchedulerConfig(kind="dmd", stages=3, use_dynamic_shifting=True, time_shift_type="linear")
-    return ModelVariant("tiny", scheduler, False, True, (2, 2, 2), 1.0, True, **sizes)
+        sampler = SamplerScheduleConfig(kind="unipc", stages=1, stage_range=(0.0, 1.0), use_dynamic_shifting=True)
+        return ModelVariant("tiny-base", sampler, False, False, (8,), 5.0, False, **sizes)
+    sampler = SamplerScheduleConfig(kind="dmd", stages=3, use_dynamic_shifting=True, time_shift_type="linear")
+    return ModelVariant("tiny", sampler, False, True, (2, 2, 2), 1.0, True, **sizes)

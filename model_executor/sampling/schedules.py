@@ -36,8 +36,10 @@ def time_shift(sigmas: torch.Tensor, mu: float, kind: str) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
-    """The fields of a Helios ``scheduler/scheduler_config.json`` that shape the schedules."""
+class SamplerScheduleConfig:
+    """The sampler schedule: the fields of a Helios ``scheduler/scheduler_config.json`` (diffusers
+    calls the noise schedule a scheduler; here that word means the request scheduler) that shape
+    the timesteps and sigmas."""
 
     kind: str = "unipc"
     """'unipc' or 'euler' (HeliosScheduler) or 'dmd' (HeliosDMDScheduler)."""
@@ -74,7 +76,7 @@ class StageTables:
     timestep_grids: tuple[torch.Tensor, ...]  # float64, 1000 points from T_max toward T_min
 
     @classmethod
-    def build(cls, config: SchedulerConfig) -> StageTables:
+    def build(cls, config: SamplerScheduleConfig) -> StageTables:
         n = config.num_train_timesteps
         sigmas = 1.0 - np.linspace(1, 1 / n, n + 1)
         sigmas = np.flip(config.shift * sigmas / (1 + (config.shift - 1) * sigmas))[:-1].copy()
@@ -121,7 +123,7 @@ class StageSchedule:
         return len(self.timesteps)
 
 
-def single_stage_schedule(config: SchedulerConfig, num_steps: int, mu: float) -> StageSchedule:
+def single_stage_schedule(config: SamplerScheduleConfig, num_steps: int, mu: float) -> StageSchedule:
     """Helios-Base: one stage over the whole noise range (spec §4.2)."""
     raw = np.linspace(0.999, 0.0, num_steps + 1)[:-1]
     sigmas = torch.cat([torch.from_numpy(raw), torch.zeros(1)])
@@ -133,7 +135,7 @@ def single_stage_schedule(config: SchedulerConfig, num_steps: int, mu: float) ->
 
 
 def pyramid_stage_schedule(
-    config: SchedulerConfig, stage: int, num_steps: int, mu: float, amplify: bool = False
+    config: SamplerScheduleConfig, stage: int, num_steps: int, mu: float, amplify: bool = False
 ) -> StageSchedule:
     """One pyramid stage: local sigmas from 0.999, mapped into the stage's timestep range.
 
