@@ -230,33 +230,37 @@ class ModelRunner:
             self.remove_request(request_id)
         for request_id, spec in plan.encode:
             self._guarded(result, request_id, self.add_request, request_id, spec)
-        for request_id in plan.begin_chunk:
-            self._guarded(result, request_id, self._planned, plan, "begin_chunk", request_id, self.begin_chunk)
-        for request_id in plan.next_stage:
-            self._guarded(result, request_id, self._planned, plan, "next_stage", request_id, self.next_stage)
-        denoise = [r for r in plan.denoise if self._guarded(result, r, self._planned, plan, "denoise", r) is not None]
+        for unit in ("begin_chunk", "next_stage", "denoise", "decode"):
+            for request_id in getattr(plan, unit):
+                self._guarded(result, request_id, self._check_position, plan, unit, request_id)
+        for request_id in self._live(plan.begin_chunk):
+            self._guarded(result, request_id, self.begin_chunk, request_id)
+        for request_id in self._live(plan.next_stage):
+            self._guarded(result, request_id, self.next_stage, request_id)
+        denoise = self._live(plan.denoise)
         if denoise:
             live = [self.requests[r] for r in denoise]
             result.num_rows = sum(len(self.procedure.model_rows(state)) for state in live)
             result.model_flops = sum(self.forward_flops(state) for state in live)
             self._denoise_isolating_failures(denoise, result)
-        for request_id in plan.decode:
-            chunk = self._guarded(result, request_id, self._planned, plan, "decode", request_id, self.finish_chunk)
+        for request_id in self._live(plan.decode):
+            chunk = self._guarded(result, request_id, self.finish_chunk, request_id)
             if chunk is not None:
                 result.chunks.append(chunk)
         result.model_seconds = time.perf_counter() - started
         return result
 
-    def _planned(self, plan: StepPlan, unit: str, request_id: str, run=None):
-        """Run ``unit`` for the request once its state is at the planned position (``run`` None:
-        only check). Returns the unit's result, or True when there is none."""
+    def _live(self, request_ids: list[str]) -> list[str]:
+        """The ids whose state is still here (a failed request's state is already dropped)."""
+        return [r for r in request_ids if r in self.requests]
+
+    def _check_position(self, plan: StepPlan, unit: str, request_id: str) -> None:
+        """Raise ProgressMismatch unless the request's state is at the unit the scheduler planned."""
         state = self.requests[request_id]
         planned, actual = plan.positions.get(request_id), state.position_for(unit)
         if actual is None or (planned is not None and planned != actual):
             raise ProgressMismatch(f"{unit} planned at {planned}, but the request's state is at chunk "
                                    f"{state.chunk_index}, stage {state.stage_index}, step {state.step_index}")
-        output = run(request_id) if run is not None else None
-        return True if output is None else output
 
     def _guarded(self, result: StepResult, request_id: str, fn, *args):
         try:
