@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from .model_executor.step_io import FRAMES_PER_CHUNK, HISTORY_SIZES, LATENT_FRAMES_PER_CHUNK, RequestSpec, UnitPosition
+from .model_executor.config import token_counts
+from .model_executor.cost_model import stage_latent_sizes
+from .model_executor.step_io import FRAMES_PER_CHUNK, RequestSpec, UnitPosition
 
 
 class RequestStatus(enum.IntEnum):
@@ -42,14 +44,8 @@ class StepGeometry:
     history_width: int
 
     def tokens_per_row(self, patch: tuple[int, int, int]) -> int:
-        pt, ph, pw = patch
-        noisy = (LATENT_FRAMES_PER_CHUNK // pt) * (self.noisy_height // ph) * (self.noisy_width // pw)
-        history = 0
-        long, mid, short = HISTORY_SIZES[0], HISTORY_SIZES[1], HISTORY_SIZES[2] + 1  # short holds the anchor
-        for frames, scale in ((long, 4), (mid, 2), (short, 1)):
-            kt, kh, kw = scale * pt, scale * ph, scale * pw
-            history += -(-frames // kt) * -(-self.history_height // kh) * -(-self.history_width // kw)
-        return noisy + history
+        noisy = token_counts(patch, self.noisy_height, self.noisy_width)["noisy"]
+        return noisy + token_counts(patch, self.history_height, self.history_width)["history"]
 
 
 @dataclass
@@ -120,10 +116,9 @@ class Request:
 
         The pyramid halves the noisy chunk per coarser stage; the history stays full size.
         """
-        height, width = self.spec.height // 8, self.spec.width // 8
         stage = self.stage_index if stage is None else stage
-        shrink = 2 ** (self.num_stages - 1 - stage)
-        return StepGeometry(height // shrink, width // shrink, height, width)
+        noisy = stage_latent_sizes(self.spec.height, self.spec.width, self.num_stages)[stage]
+        return StepGeometry(*noisy, *stage_latent_sizes(self.spec.height, self.spec.width, 1)[0])
 
     def chunk_deadline(self, chunk_index: int | None = None) -> float | None:
         """When chunk ``chunk_index`` (default: the one in the making) must be delivered."""

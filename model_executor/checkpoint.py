@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sampling.schedules import SamplerScheduleConfig
 
 TINY_MODEL = "helios-tiny"
 # Built-in tiny models: the same tiny weights, sampled like Distilled, Mid or Base.
@@ -31,6 +30,35 @@ SCHEDULER_KINDS = {"HeliosScheduler": None, "HeliosDMDScheduler": "dmd"}
 
 class ModelNotFoundError(ValueError):
     """The model name resolves to nothing; the message says where it looked."""
+
+
+@dataclass(frozen=True)
+class SamplerScheduleConfig:
+    """The sampler schedule: the fields of a Helios ``scheduler/scheduler_config.json`` (diffusers
+    calls the noise schedule a scheduler; here that word means the request scheduler) that shape
+    the timesteps and sigmas."""
+
+    kind: str = "unipc"
+    """'unipc' or 'euler' (HeliosScheduler) or 'dmd' (HeliosDMDScheduler)."""
+    num_train_timesteps: int = 1000
+    shift: float = 1.0
+    stages: int = 3
+    stage_range: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
+    gamma: float = 1 / 3
+    use_dynamic_shifting: bool = True
+    time_shift_type: str = "exponential"
+    solver_order: int = 2
+    disable_corrector: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("unipc", "euler", "dmd"):
+            raise ValueError(f"unsupported scheduler type {self.kind!r}")
+        if len(self.stage_range) != self.stages + 1:
+            raise ValueError(f"stage_range {self.stage_range} needs stages + 1 = {self.stages + 1} entries")
+        if self.use_dynamic_shifting and self.shift != 1.0:
+            raise ValueError("use_dynamic_shifting requires shift == 1.0")
+        if self.solver_order != 2 and self.kind == "unipc":
+            raise ValueError("only solver_order=2 UniPC is supported (the Helios configuration)")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,25 @@ logger = logging.getLogger(__name__)
 _METADATA_PREFIX = "_"
 
 
+def token_counts(
+    patch_size: tuple[int, int, int], latent_height: int, latent_width: int, noisy_frames: int = 9,
+    history_frames=(16, 2, 2),
+) -> dict[str, int]:
+    """Tokens of each term of one forward; ``history_frames`` is (long, mid, short). The one
+    token formula: the scheduler's budgets and the cost model both use it.
+
+    History terms are replicate-padded up to whole kernels, so their counts round up.
+    """
+    pt, ph, pw = patch_size
+    counts = {"noisy": (noisy_frames // pt) * (latent_height // ph) * (latent_width // pw)}
+    for term, frames, scale in zip(("long", "mid", "short"), history_frames, (4, 2, 1)):
+        kernel = (scale * pt, scale * ph, scale * pw)
+        counts[term] = math.prod(-(-size // k) for size, k in zip((frames, latent_height, latent_width), kernel))
+    counts["history"] = counts["long"] + counts["mid"] + counts["short"]
+    counts["total"] = counts["history"] + counts["noisy"]
+    return counts
+
+
 @dataclass(frozen=True)
 class HeliosTransformerConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
@@ -78,18 +97,7 @@ class HeliosTransformerConfig:
     def token_counts(
         self, latent_height: int, latent_width: int, noisy_frames: int = 9, history_frames=(16, 2, 2)
     ) -> dict[str, int]:
-        """Tokens of each term of one forward; ``history_frames`` is (long, mid, short).
-
-        History terms are replicate-padded up to whole kernels, so their counts round up.
-        """
-        pt, ph, pw = self.patch_size
-        counts = {"noisy": (noisy_frames // pt) * (latent_height // ph) * (latent_width // pw)}
-        for term, frames, scale in zip(("long", "mid", "short"), history_frames, (4, 2, 1)):
-            kernel = (scale * pt, scale * ph, scale * pw)
-            counts[term] = math.prod(-(-size // k) for size, k in zip((frames, latent_height, latent_width), kernel))
-        counts["history"] = counts["long"] + counts["mid"] + counts["short"]
-        counts["total"] = counts["history"] + counts["noisy"]
-        return counts
+        return token_counts(self.patch_size, latent_height, latent_width, noisy_frames, history_frames)
 
     @classmethod
     def from_dict(cls, values: dict) -> HeliosTransformerConfig:

@@ -25,7 +25,9 @@ from .device import to_device
 from .sampling import guidance
 from .sampling.dmd import dmd_step, euler_step
 from .sampling.pyramid import enter_finer_stage, shrink_noise
-from .sampling.schedules import StageSchedule, dynamic_shift_mu, pyramid_stage_schedule, single_stage_schedule
+from .sampling.schedules import (
+    StageSchedule, dynamic_shift_mu, pyramid_stage_schedule, single_stage_schedule, stage_tables,
+)
 from .sampling.unipc import UniPCState
 from .step_io import HISTORY_SIZES, LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, RequestSpec, UnitPosition
 
@@ -125,7 +127,7 @@ class ChunkProcedure:
         else:
             state.schedule = single_stage_schedule(sampler, spec.stage_steps[0], mu)
         if stage > 0:
-            alpha, beta = sampler.stage_tables.renoise_coefficients(stage, sampler.gamma)
+            alpha, beta = stage_tables(sampler).renoise_coefficients(stage, sampler.gamma)
             patch = self.patch_size[1:]
             state.latents = enter_finer_stage(
                 state.latents, alpha, beta, sampler.gamma, state.generator, self.compute_dtype, patch

@@ -15,6 +15,7 @@ from helios_serve.model_executor.sampling.schedules import (
     dynamic_shift_mu,
     pyramid_stage_schedule,
     single_stage_schedule,
+    stage_tables,
 )
 from helios_serve.model_executor.sampling.unipc import UniPCState
 
@@ -43,7 +44,7 @@ def test_published_timesteps():
     assert np.allclose(dist, [[998.534, 833.964], [742.605, 512.463], [385.147, 174.764]], atol=2e-3)
     amplified = pyramid_stage_schedule(DISTILLED, 2, 2, dynamic_shift_mu(2160), amplify=True).timesteps
     assert np.allclose(amplified.tolist(), [385.147, 274.575, 174.764, 84.216], atol=2e-3)
-    alpha, beta = MID.stage_tables.renoise_coefficients(1, MID.gamma)
+    alpha, beta = stage_tables(MID).renoise_coefficients(1, MID.gamma)
     assert (alpha, beta) == pytest.approx((0.600120, 0.692612), abs=1e-6)
 
 

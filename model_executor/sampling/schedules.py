@@ -8,11 +8,15 @@ sigmas), because the schedules feed every later number of a seed-for-seed reprod
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
+
+from ..checkpoint import SamplerScheduleConfig
+
+__all__ = ["SamplerScheduleConfig", "stage_tables"]
 
 # Constants of the dynamic shift (calculate_shift in the reference pipelines).
 BASE_SEQ_LEN, MAX_SEQ_LEN, BASE_SHIFT, MAX_SHIFT = 256, 4096, 0.5, 1.15
@@ -33,39 +37,6 @@ def time_shift(sigmas: torch.Tensor, mu: float, kind: str) -> torch.Tensor:
         raise ValueError(f"time_shift_type must be 'exponential' or 'linear', got {kind!r}")
     factor = math.exp(mu) if kind == "exponential" else mu
     return factor / (factor + (1 / sigmas - 1))
-
-
-@dataclass(frozen=True)
-class SamplerScheduleConfig:
-    """The sampler schedule: the fields of a Helios ``scheduler/scheduler_config.json`` (diffusers
-    calls the noise schedule a scheduler; here that word means the request scheduler) that shape
-    the timesteps and sigmas."""
-
-    kind: str = "unipc"
-    """'unipc' or 'euler' (HeliosScheduler) or 'dmd' (HeliosDMDScheduler)."""
-    num_train_timesteps: int = 1000
-    shift: float = 1.0
-    stages: int = 3
-    stage_range: tuple[float, ...] = (0.0, 1 / 3, 2 / 3, 1.0)
-    gamma: float = 1 / 3
-    use_dynamic_shifting: bool = True
-    time_shift_type: str = "exponential"
-    solver_order: int = 2
-    disable_corrector: tuple[int, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("unipc", "euler", "dmd"):
-            raise ValueError(f"unsupported scheduler type {self.kind!r}")
-        if len(self.stage_range) != self.stages + 1:
-            raise ValueError(f"stage_range {self.stage_range} needs stages + 1 = {self.stages + 1} entries")
-        if self.use_dynamic_shifting and self.shift != 1.0:
-            raise ValueError("use_dynamic_shifting requires shift == 1.0")
-        if self.solver_order != 2 and self.kind == "unipc":
-            raise ValueError("only solver_order=2 UniPC is supported (the Helios configuration)")
-
-    @cached_property
-    def stage_tables(self) -> StageTables:
-        return StageTables.build(self)
 
 
 @dataclass(frozen=True)
@@ -123,6 +94,12 @@ class StageSchedule:
         return len(self.timesteps)
 
 
+@cache
+def stage_tables(config: SamplerScheduleConfig) -> StageTables:
+    """The config's StageTables, built once per config."""
+    return StageTables.build(config)
+
+
 def single_stage_schedule(config: SamplerScheduleConfig, num_steps: int, mu: float) -> StageSchedule:
     """Helios-Base: one stage over the whole noise range (spec §4.2)."""
     raw = np.linspace(0.999, 0.0, num_steps + 1)[:-1]
@@ -142,7 +119,7 @@ def pyramid_stage_schedule(
     The DMD sampler builds one more point (2n+1 when amplifying the first chunk) and drops the
     last timestep and the second-to-last sigma, so it still makes n model calls (spec §4.4).
     """
-    grid = config.stage_tables.timestep_grids[stage]
+    grid = stage_tables(config).timestep_grids[stage]
     num_points = num_steps
     if config.kind == "dmd":
         num_points = 2 * num_steps + 1 if amplify else num_steps + 1
