@@ -45,44 +45,25 @@ def _add_check_parser(subparsers) -> None:
 
 
 def _add_generate_parser(subparsers) -> None:
+    from .config import ModelConfig, add_config_arguments
+    from .sampling_params import add_sampling_arguments
+
     parser = subparsers.add_parser(
         "generate",
         help="generate one video offline and write it as an MP4",
         description=(
             "Generate a video from a text prompt (optionally conditioned on an image or a video) and "
             "write it as an H.264 MP4, chunk by chunk as the chunks are made. Settings left out take "
-            "the model's official defaults (steps, guidance, size)."
+            "the model's official defaults (steps, guidance, size); they are the same settings, checked "
+            "the same way, as the server's (helios_serve/sampling_params.py)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("prompt", help="what the video shows")
-    parser.add_argument("-o", "--output", default="output.mp4", help="MP4 file to write")
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="helios-tiny, helios-base, helios-mid, helios-distilled, a Hugging Face repo id in the local cache, "
-        "or a diffusers-format checkpoint directory",
-    )
-    parser.add_argument("--num-frames", type=int, default=None, help="frames to generate (33 per chunk) [model default]")
-    parser.add_argument("--height", type=int, default=None, help="height in pixels [model default]")
-    parser.add_argument("--width", type=int, default=None, help="width in pixels [model default]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same video")
-    parser.add_argument("--negative-prompt", default="", help="what to steer away from (with guidance > 1)")
-    parser.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance [model default]")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (per stage for pyramid models)")
-    parser.add_argument(
-        "--pyramid-steps", default=None, help="steps per pyramid stage, comma-separated, e.g. 2,2,2 [model default]"
-    )
+    parser.add_argument("-o", "--output", default="output.mp4", help="MP4 file to write (default: output.mp4)")
     parser.add_argument("--image", default=None, help="image file for image-to-video")
     parser.add_argument("--video", default=None, help="video file for video-to-video (at least 33 frames)")
-    parser.add_argument("--fps", type=int, default=None, help="frame rate of the MP4 [24]")
-    parser.add_argument("--decoder", choices=("auto", "vae", "preview"), default="auto",
-                        help="latent decoder; auto is the VAE when the model has one, else the preview decoder")
-    parser.add_argument("--device", default="auto", help="torch device; auto is cuda when available, else cpu")
-    parser.add_argument("--dtype", choices=("auto", *DTYPES), default="auto",
-                        help="transformer dtype; auto is bfloat16 on CUDA, float32 on CPU")
-    parser.add_argument("--kernels", choices=("auto", "triton", "native"), default="auto",
-                        help="elementwise kernels; auto is triton on CUDA, native elsewhere")
+    add_sampling_arguments(parser.add_argument_group("video settings"))
+    add_config_arguments(parser.add_argument_group("model", ModelConfig.__doc__), ModelConfig)
     parser.set_defaults(handler=_run_generate)
 
 
@@ -146,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True, parser_class=CommandParser)
     from .entrypoints.serve import add_serve_parser, run_serve
 
-    add_serve_parser(subparsers, DEFAULT_MODEL)
+    add_serve_parser(subparsers)
     subparsers.choices["serve"].set_defaults(handler=run_serve)
     _add_generate_parser(subparsers)
     _add_check_parser(subparsers)

@@ -1,36 +1,44 @@
-"""Engine configuration: budgets of the step scheduler and its policy."""
+"""The configuration tree: model, engine, server and scale-out, each field with its help text.
+
+``helios-serve serve``'s options are generated from this tree (``add_config_arguments``): every
+field has a flag, its help and default are written once, here. ``generate`` takes the model
+section and the sampling schema (sampling_params.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import typing
 from dataclasses import dataclass, field, replace
+
+from .model_executor.step_io import RunnerConfig, setting
 
 # A forward of the 14B model at 384x640 has 11,040 tokens (spec §8.1).
 FULL_RES_TOKENS = 11_040
 LARGE_MODEL_PARAMETERS = 1_000_000_000
 
-
-def setting(default, help: str, flag: str | None = None, choices: tuple | None = None):
-    """A config field that carries its help text (and CLI flag and choices): the one place both
-    the docs and the command line read it from (see ``add_config_arguments``)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+ModelConfig = RunnerConfig
+"""The model section: which checkpoint, device, dtype and kernels (model_executor's own config)."""
 
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """The engine: the step scheduler's budgets and policy."""
+
     max_rows_per_forward: int | None = setting(
-        None, "rows (requests, two each with CFG) in one transformer forward; None derives it from the model size")
+        None, "rows (requests, two each with CFG) in one transformer forward (default: from the model size)")
     max_tokens_per_forward: int | None = setting(
-        None, "sum over rows of tokens (history + noisy) in one forward; None derives it from the model size")
+        None, "sum over rows of tokens (history + noisy) in one forward (default: from the model size)")
     max_running_requests: int | None = setting(
-        None, "requests holding device state at once, their slots; None derives it from the model size")
+        None, "requests holding device state at once, their slots (default: from the model size)")
     max_waiting_requests: int = setting(256, "queue length past which new requests are refused with 429")
     policy: str = setting("fcfs", "ordering policy: fcfs, priority, or deadline (EDF for real-time streams)",
                           choices=("fcfs", "priority", "deadline"))
     max_encodes_per_step: int = setting(2, "prompt encodes run alongside one step's forward")
     max_decodes_per_step: int = setting(2, "chunk decodes run alongside one step's forward")
-    request_timeout_s: float | None = setting(None, "default per-request time limit in seconds; None is no limit",
+    request_timeout_s: float | None = setting(None, "per-request time limit in seconds (default: none)",
                                               flag="--request-timeout")
     priority_aging_s: float = setting(
         10.0, "priority policy: one priority level is gained per this many seconds without service")
@@ -69,19 +77,111 @@ class EngineConfig:
         )
 
 
+@dataclass(frozen=True)
+class ServerConfig:
+    """The HTTP server: where it listens, who may call it, where jobs are kept."""
+
+    host: str = setting("127.0.0.1", "address to bind (0.0.0.0 exposes it to the network)")
+    port: int = setting(8000, "TCP port")
+    api_key: str | None = setting(None, "require 'Authorization: Bearer KEY' on /v1 (default: $HELIOS_API_KEY, "
+                                        "else no key)", env="HELIOS_API_KEY")
+    data_dir: str = setting("./helios-data", "job database and video files")
+    retention_hours: float = setting(24.0, "finished videos are deleted this many hours after they finish")
+    max_upload_mb: float = setting(64.0, "largest request body in MiB (image and video uploads)")
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be from 1 to 65535, got {self.port}")
+        for name in ("retention_hours", "max_upload_mb"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ScaleOutConfig:
+    """Scale out with Ray Serve (pip install 'helios-serve[ray]'): engine replicas behind one endpoint."""
+
+    replicas: int | None = setting(None, "run this many engine replicas behind one endpoint with Ray Serve "
+                                         "(default: one process, no Ray)")
+    ray_address: str | None = setting(None, "join this Ray cluster (e.g. ray://head:10001 or auto); without it "
+                                             "a local Ray is started")
+    gpus_per_replica: float | None = setting(None, "GPUs each replica reserves (default: 1 when the machine has "
+                                                   "a GPU, else 0)")
+    cpus_per_replica: float = setting(1.0, "CPUs each replica reserves")
+
+    @property
+    def enabled(self) -> bool:
+        return self.replicas is not None or self.ray_address is not None
+
+    def __post_init__(self) -> None:
+        if self.replicas is not None and self.replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {self.replicas}")
+
+
+@dataclass(frozen=True)
+class HeliosConfig:
+    """Everything ``helios-serve serve`` is told."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    scale_out: ScaleOutConfig = field(default_factory=ScaleOutConfig)
+
+
+# -- the generated command line ----------------------------------------------------------------
 def _flag(item: dataclasses.Field) -> str:
     return item.metadata.get("flag") or "--" + item.name.replace("_", "-")
 
 
-def add_config_arguments(group, config_class) -> None:
-    """One command-line flag per field of a config dataclass, typed from its default, with the
-    field's help text and default (so every setting is reachable and documented once)."""
+def _value_type(config_class, item: dataclasses.Field):
+    hint = typing.get_type_hints(config_class)[item.name]
+    kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)] or [hint]
+    return kinds[0]
+
+
+def help_with_default(help: str, default, none_means: str | None = None) -> str:
+    """Help text that shows its default once: as written in the help, else appended."""
+    if "(default:" in help:
+        return help
+    if default is None:
+        return f"{help} (default: {none_means})" if none_means else help
+    return f"{help} (default: {default if default != '' else 'none'})"
+
+
+def add_config_arguments(parser, config_class, positional: tuple[str, ...] = ()) -> None:
+    """Options for every field of a config dataclass, a nested section as its own group
+    (titled by its docstring); values are typed from the annotations. Fields named in
+    ``positional`` are positional arguments (``helios-serve serve MODEL``). Field names are
+    unique across the tree, so each is its option's destination."""
+    sections = _sections(config_class)
     for item in dataclasses.fields(config_class):
-        kind = {"int": int, "float": float, "str": str}[str(item.type).split(" ")[0]]
-        group.add_argument(_flag(item), dest=item.name, type=kind, default=item.default,
-                           choices=item.metadata.get("choices"), help=item.metadata["help"])
+        if item.name in sections:
+            section = sections[item.name]
+            group = parser.add_argument_group(item.name.replace("_", " "), section.__doc__)
+            add_config_arguments(group, section, positional)
+            continue
+        default = item.default
+        if item.metadata.get("env"):  # its help names the variable; the value (a secret) is never shown
+            default = os.environ.get(item.metadata["env"], default)
+        options = dict(dest=item.name, default=default, type=_value_type(config_class, item),
+                       choices=item.metadata.get("choices"), help=help_with_default(item.metadata["help"], item.default),
+                       metavar=None if item.metadata.get("choices") else item.name.upper())
+        if item.name in positional:
+            del options["dest"]
+            parser.add_argument(item.name, nargs="?", **options)
+        else:
+            parser.add_argument(_flag(item), **options)
+
+
+def _sections(config_class) -> dict[str, type]:
+    hints = typing.get_type_hints(config_class)
+    return {name: kind for name, kind in hints.items() if dataclasses.is_dataclass(kind)}
 
 
 def config_from_args(config_class, args: argparse.Namespace):
-    """The config dataclass from the flags ``add_config_arguments`` added."""
-    return config_class(**{item.name: getattr(args, item.name) for item in dataclasses.fields(config_class)})
+    """The config (tree) from the options ``add_config_arguments`` added; each section checks itself."""
+    sections = _sections(config_class)
+    values = {item.name: config_from_args(sections[item.name], args) if item.name in sections
+              else getattr(args, item.name) for item in dataclasses.fields(config_class)}
+    return config_class(**values)

@@ -23,3 +23,23 @@ class RequestFailedError(EngineError):
 
 class RequestCancelledError(EngineError):
     """The request was cancelled or timed out before it finished."""
+
+
+class InvalidRequestError(ValueError):
+    """A request's settings or inputs are wrong (the message names the field)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class JobNotFoundError(LookupError):
+    """No job has this id (or it expired or was deleted)."""
+
+
+class JobConflictError(Exception):
+    """The job exists but is not in a state that allows this (e.g. its video is not ready)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code

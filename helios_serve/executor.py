@@ -34,5 +34,12 @@ class UniprocExecutor:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.runner.transformer.parameters())
 
+    @staticmethod
+    def snapshot_chunks_done(path: str) -> int:
+        """How many chunks a resume snapshot has behind it (it is read with torch, so here)."""
+        from .model_executor.resume import load_snapshot
+
+        return load_snapshot(path).chunks_done
+
     def execute(self, plan: StepPlan) -> StepResult:
         return self.runner.execute(plan)

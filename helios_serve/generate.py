@@ -8,45 +8,24 @@ import time
 
 
 def _sampling_params(args: argparse.Namespace):
-    from .sampling_params import VideoSamplingParams
+    from .sampling_params import sampling_params_from_args
     from .video_io import read_image, read_video
 
-    pyramid_steps = None
-    if args.pyramid_steps:
-        try:
-            pyramid_steps = tuple(int(n) for n in args.pyramid_steps.split(","))
-        except ValueError:
-            raise ValueError(f"--pyramid-steps must be integers separated by commas, got {args.pyramid_steps!r}") from None
-    return VideoSamplingParams(
-        num_frames=args.num_frames,
-        height=args.height,
-        width=args.width,
-        seed=args.seed,
-        negative_prompt=args.negative_prompt,
-        guidance_scale=args.guidance_scale,
-        num_inference_steps=args.steps,
-        pyramid_num_inference_steps_list=pyramid_steps,
-        image=read_image(args.image) if args.image else None,
-        video=read_video(args.video) if args.video else None,
-        fps=args.fps,
-        decoder=None if args.decoder == "auto" else args.decoder,
-    )
+    params = sampling_params_from_args(args)
+    return params.with_updates(image=read_image(args.image) if args.image else None,
+                               video=read_video(args.video) if args.video else None)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .config import ModelConfig, config_from_args
     from .engine.engine import HeliosEngine
     from .video_io import Mp4Writer
 
     params = _sampling_params(args)
     started = time.perf_counter()
-    engine = HeliosEngine(
-        model=args.model,
-        device=None if args.device == "auto" else args.device,
-        dtype=None if args.dtype == "auto" else args.dtype,
-        kernels=None if args.kernels == "auto" else args.kernels,
-    )
+    engine = HeliosEngine(model_config=config_from_args(ModelConfig, args))
     spec = engine.resolve(args.prompt, params)  # validate before opening the output file
     fps = params.fps or engine.variant.default_fps
     load_seconds = time.perf_counter() - started

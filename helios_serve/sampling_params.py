@@ -1,53 +1,99 @@
-"""User-facing generation settings, validated, with defaults taken from the model's variant."""
+"""User-facing generation settings: the one schema of a video's knobs.
+
+Each field of ``VideoSamplingParams`` declares its type, range, help text and whether a
+client may send it inside vLLM-Omni's ``extra_params``. Everything else is derived from it:
+the HTTP body model (``entrypoints/openai/protocol.py``), the ``generate`` command's flags
+(``add_sampling_arguments``), the field coercion for vLLM-Omni and SGLang requests
+(``integrations/request_fields.py``) and the settings stored with a job (``to_fields``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import cache
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+
+from .errors import InvalidRequestError
 from .model_executor.checkpoint import ModelVariant
 from .model_executor.step_io import RequestSpec
 
 MAX_FRAMES = 33 * 1000  # about 23 minutes at 24 fps: long videos are the point, runaway ones are not
 MAX_STEPS = 1000
+MAX_SIDE = 8192
+
+
+def knob(default, help: str, kind: Any = None, low=None, high=None, extra: bool = False, choices: tuple = (),
+         flag: str | None = None):
+    """A setting of the schema. ``kind`` is its wire type (int, float, bool, str, or
+    ``tuple[int, ...]``; None for values no wire format carries, the conditioning arrays);
+    ``low``/``high`` bound it (each element of a tuple); ``extra`` lets it arrive inside
+    ``extra_params``; ``flag`` names its ``generate`` option when that differs from the field."""
+    return dataclasses.field(default=default, metadata=dict(help=help, kind=kind, low=low, high=high, extra=extra,
+                                                            choices=choices, flag=flag))
 
 
 @dataclass(frozen=True)
 class VideoSamplingParams:
-    """Settings of one video; None means the model variant's official default.
+    """Settings of one video; None means the model variant's official default."""
 
-    Sizes are in pixels and must be multiples of 16 (of 64 for the 3-stage pyramid models,
-    whose coarsest stage is a quarter of the size).
-    """
-
-    num_frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    seed: int = 0
-    negative_prompt: str = ""
-    guidance_scale: float | None = None
-    num_inference_steps: int | None = None
-    """Steps of the single-stage Base sampler (or of every pyramid stage, if the list is not given)."""
-    pyramid_num_inference_steps_list: tuple[int, ...] | None = None
-    image: Any = None
-    video: Any = None
-    fps: int | None = None
-    use_cfg_zero_star: bool | None = None
-    use_zero_init: bool = True
-    zero_steps: int = 1
-    is_amplify_first_chunk: bool | None = None
-    is_skip_first_chunk: bool = False
-    add_noise_to_image_latents: bool = True
-    add_noise_to_video_latents: bool = True
-    image_noise_sigma_min: float = 0.111
-    image_noise_sigma_max: float = 0.135
-    video_noise_sigma_min: float = 0.111
-    video_noise_sigma_max: float = 0.135
-    decoder: str | None = None
-    """'vae' or 'preview'; None uses the VAE when the model has one."""
+    num_frames: int | None = knob(None, "frames to generate, 33 per chunk (the last chunk is trimmed to 4n+1)",
+                                  int, 1, MAX_FRAMES)
+    height: int | None = knob(None, "height in pixels, a multiple of 16 (of 64 for the 3-stage pyramid models)",
+                              int, 16, MAX_SIDE)
+    width: int | None = knob(None, "width in pixels, a multiple of 16 (of 64 for the 3-stage pyramid models)",
+                             int, 16, MAX_SIDE)
+    seed: int = knob(0, "random seed: the same seed and settings give the same video", int, 0, 2**63 - 1)
+    negative_prompt: str = knob("", "what to steer away from (with guidance > 1)", str, high=20_000)
+    guidance_scale: float | None = knob(None, "classifier-free guidance scale; 1 runs no unconditional row",
+                                        float, 0, 50)
+    num_inference_steps: int | None = knob(
+        None, "steps of the single-stage sampler, or of every pyramid stage when no list is given",
+        int, 1, MAX_STEPS, flag="--steps")
+    pyramid_num_inference_steps_list: tuple[int, ...] | None = knob(
+        None, "steps per pyramid stage, one entry per stage (comma-separated on the command line)",
+        tuple[int, ...], 1, MAX_STEPS, extra=True,
+        flag="--pyramid-steps")
+    image: Any = knob(None, "uint8 [H, W, 3] image to start from (image-to-video)")
+    video: Any = knob(None, "uint8 [T, H, W, 3] video to continue (video-to-video), at least 33 frames")
+    fps: int | None = knob(None, "frame rate of the output video (and of a real-time stream)", int, 1, 120)
+    use_cfg_zero_star: bool | None = knob(None, "CFG-Zero* guidance (the Mid model's recipe)", bool, extra=True)
+    use_zero_init: bool = knob(True, "CFG-Zero*: zero the velocity of the first steps", bool, extra=True)
+    zero_steps: int = knob(1, "CFG-Zero*: how many first steps are zeroed", int, 0, MAX_STEPS, extra=True)
+    is_amplify_first_chunk: bool | None = knob(None, "DMD: double the first chunk's steps", bool, extra=True)
+    is_skip_first_chunk: bool = knob(False, "drop the first chunk from the output", bool, extra=True)
+    add_noise_to_image_latents: bool = knob(True, "noise the image latents of the history", bool, extra=True)
+    add_noise_to_video_latents: bool = knob(True, "noise the video latents of the history", bool, extra=True)
+    image_noise_sigma_min: float = knob(0.111, "lowest sigma of the image history noise", float, 0, 1, extra=True)
+    image_noise_sigma_max: float = knob(0.135, "highest sigma of the image history noise", float, 0, 1, extra=True)
+    video_noise_sigma_min: float = knob(0.111, "lowest sigma of the video history noise", float, 0, 1, extra=True)
+    video_noise_sigma_max: float = knob(0.135, "highest sigma of the video history noise", float, 0, 1, extra=True)
+    decoder: str | None = knob(None, "latent decoder (default: the VAE when the model has one, else preview)",
+                               str, choices=("vae", "preview"))
 
     def with_updates(self, **changes) -> VideoSamplingParams:
         return replace(self, **changes)
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> VideoSamplingParams:
+        """Checked and coerced values of the wire fields in ``fields`` (others are ignored);
+        raises InvalidRequestError (a ValueError) naming the first bad one."""
+        given = {name: fields[name] for name in WIRE_FIELDS if fields.get(name) is not None}
+        try:
+            checked = sampling_fields_model().model_validate(given)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = ".".join(str(part) for part in first["loc"][:1])
+            raise InvalidRequestError(f"{name} has an invalid value: {given.get(name)!r} ({first['msg']})",
+                                      name) from None
+        return cls(**checked.model_dump(exclude_none=True))
+
+    def to_fields(self) -> dict[str, Any]:
+        """The wire fields that are set, JSON-ready: a job's stored settings (``from_fields`` reads them back)."""
+        values = {name: getattr(self, name) for name in WIRE_FIELDS if getattr(self, name) is not None}
+        return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
 
     def stage_steps(self, variant: ModelVariant) -> tuple[int, ...]:
         if self.pyramid_num_inference_steps_list is not None:
@@ -62,10 +108,26 @@ class VideoSamplingParams:
             return (int(self.num_inference_steps),) * len(variant.default_steps)
         return variant.default_steps
 
+    def check_ranges(self) -> None:
+        """Every wire field within its declared range; ValueError names the first that is not."""
+        for name in WIRE_FIELDS:
+            value, meta = getattr(self, name), FIELDS[name].metadata
+            if value is None:
+                continue
+            if meta["choices"] and value not in meta["choices"]:
+                raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+            for item in (value if isinstance(value, (tuple, list)) else (value,)):
+                measure = len(item) if isinstance(item, str) else item
+                low = 0 if isinstance(item, str) else meta["low"]
+                if (low is not None and measure < low) or (meta["high"] is not None and measure > meta["high"]):
+                    unit = " characters" if isinstance(item, str) else ""
+                    raise ValueError(f"{name} must be from {low} to {meta['high']}{unit}, got {value!r}")
+
     def resolve(self, prompt: str, variant: ModelVariant, has_vae: bool) -> RequestSpec:
         """Fill defaults from the variant and validate; raises ValueError naming the bad field."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
+        self.check_ranges()
         height = self.height if self.height is not None else variant.default_height
         width = self.width if self.width is not None else variant.default_width
         multiple = 16 * 2 ** (variant.sampler.stages - 1)
@@ -73,27 +135,19 @@ class VideoSamplingParams:
             if not isinstance(value, int) or value <= 0 or value % multiple:
                 raise ValueError(f"{name} must be a positive multiple of {multiple} for this model, got {value!r}")
         num_frames = self.num_frames if self.num_frames is not None else variant.default_num_frames
-        if not isinstance(num_frames, int) or not 1 <= num_frames <= MAX_FRAMES:
-            raise ValueError(f"num_frames must be an integer from 1 to {MAX_FRAMES}, got {num_frames!r}")
         steps = self.stage_steps(variant)
-        if any(n < 1 or n > MAX_STEPS for n in steps):
-            raise ValueError(f"steps per stage must be from 1 to {MAX_STEPS}, got {steps}")
         guidance = self.guidance_scale if self.guidance_scale is not None else variant.default_guidance_scale
-        if guidance < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance}")
         if (self.image is not None or self.video is not None) and not has_vae:
             raise ValueError("image and video inputs need a model with a VAE to encode them; this model has none")
         if self.image is not None and self.video is not None:
             raise ValueError("give an image or a video to condition on, not both")
         decoder = self.decoder or ("vae" if has_vae else "preview")
-        if decoder not in ("vae", "preview") or (decoder == "vae" and not has_vae):
-            raise ValueError(f"decoder must be 'preview'{' or vae' if has_vae else ''} for this model, got {decoder!r}")
+        if decoder == "vae" and not has_vae:
+            raise ValueError(f"decoder must be 'preview' for this model (it has no VAE), got {decoder!r}")
         for name in ("image_noise_sigma", "video_noise_sigma"):
             low, high = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
-            if not 0 <= low <= high <= 1:
-                raise ValueError(f"{name}_min/_max must satisfy 0 <= min <= max <= 1, got {low}, {high}")
-        if self.seed < 0 or self.seed >= 2**63:
-            raise ValueError(f"seed must be from 0 to 2**63 - 1, got {self.seed}")
+            if low > high:
+                raise ValueError(f"{name}_min/_max must satisfy min <= max, got {low}, {high}")
         amplify = self.is_amplify_first_chunk
         amplify = variant.default_amplify_first_chunk if amplify is None else amplify
         zero_star = variant.is_cfg_zero_star if self.use_cfg_zero_star is None else self.use_cfg_zero_star
@@ -121,3 +175,69 @@ class VideoSamplingParams:
             decoder=decoder,
         )
 
+
+FIELDS = {item.name: item for item in dataclasses.fields(VideoSamplingParams)}
+WIRE_FIELDS = tuple(name for name, item in FIELDS.items() if item.metadata["kind"] is not None)
+"""Fields a request can carry as plain values (all but the conditioning arrays)."""
+EXTRA_PARAM_FIELDS = frozenset(name for name, item in FIELDS.items() if item.metadata["extra"])
+"""Fields a vLLM-Omni client may send inside ``extra_params``."""
+
+
+def _not_bool(value):
+    """JSON's true is not the number 1: a bool where a number belongs is a client mistake."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+def pydantic_field(name: str, default=None):
+    """(annotation, FieldInfo) of a wire field for a pydantic model: optional, with the schema's
+    range, choices and help text (the HTTP body and the coercion of engine requests use it)."""
+    meta = FIELDS[name].metadata
+    kind, low, high = meta["kind"], meta["low"], meta["high"]
+    if meta["choices"]:
+        value = Literal[meta["choices"]]
+    elif kind is str:
+        value = Annotated[str, Field(max_length=high)]
+    elif kind is bool:
+        value = bool
+    else:
+        number = int if kind in (int, tuple[int, ...]) else float
+        value = Annotated[number, Field(ge=low, le=high, allow_inf_nan=False), BeforeValidator(_not_bool)]
+        if kind == tuple[int, ...]:
+            value = Annotated[tuple[value, ...], Field(min_length=1, max_length=8)]
+    return value | None, Field(default, description=meta["help"])
+
+
+@cache
+def sampling_fields_model() -> type[BaseModel]:
+    """A pydantic model of every wire field (all optional): lax coercion of strings as engines send them."""
+    fields = {name: pydantic_field(name) for name in WIRE_FIELDS}
+    return create_model("SamplingFields", __config__=ConfigDict(extra="ignore"), **fields)
+
+
+def add_sampling_arguments(parser) -> None:
+    """One command-line option per wire field (``--num-frames``, ``--steps``, ...), with its help."""
+    from .config import help_with_default
+
+    for name in WIRE_FIELDS:
+        meta = FIELDS[name].metadata
+        flag = meta["flag"] or "--" + name.replace("_", "-")
+        help_text = help_with_default(meta["help"], FIELDS[name].default, none_means="the model's")
+        # Values are checked by from_fields, as any request's are (a bad one names its field).
+        if meta["kind"] is bool:
+            parser.add_argument(flag, dest=name, default=None, metavar="true|false", help=help_text)
+        elif meta["kind"] == tuple[int, ...]:
+            parser.add_argument(flag, dest=name, default=None, type=_comma_list, metavar="N,N,...", help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, type=meta["kind"], choices=meta["choices"] or None,
+                                metavar=None if meta["choices"] else name.upper(), help=help_text)
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",")]
+
+
+def sampling_params_from_args(args) -> VideoSamplingParams:
+    """The flags ``add_sampling_arguments`` added, checked like any other request's fields."""
+    return VideoSamplingParams.from_fields({name: getattr(args, name, None) for name in WIRE_FIELDS})

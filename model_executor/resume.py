@@ -21,6 +21,10 @@ class ResumeSnapshot:
     anchor: torch.Tensor | None
     rng_state: torch.Tensor
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Callers above the executor write a snapshot through this, without importing torch."""
+        save_snapshot(self, path)
+
     def to_dict(self) -> dict:
         return {"chunks_done": self.chunks_done, "history": self.history, "anchor": self.anchor,
                 "rng_state": self.rng_state}

@@ -24,18 +24,27 @@ def chunk_frame_counts(num_frames: int) -> list[int]:
     return [FRAMES_PER_CHUNK] * (num_chunks - 1) + [FRAMES_PER_CHUNK - (total - trimmed)]
 
 
+def setting(default, help: str, flag: str | None = None, choices: tuple | None = None, env: str | None = None):
+    """A config field that carries its help text (and CLI flag, choices and environment
+    variable): the one place the docs and the generated command line read it from
+    (helios_serve/config.py: ``add_config_arguments``)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "env": env})
+
+
 @dataclass(frozen=True)
 class RunnerConfig:
-    """How the ModelRunner is built. Torch-free, so the engine core can hold it without torch."""
+    """The model: which checkpoint, on which device, in which dtype, with which kernels."""
 
-    model: str = "helios-tiny"
-    device: str | None = None
-    """torch device; None picks cuda when available, else cpu."""
-    dtype: str | None = None
-    """Transformer and text-encoder dtype; None is bfloat16 on CUDA, float32 on CPU."""
-    text_cache_size: int = 64
-    kernels: str | None = None
-    """Elementwise kernels: "triton" or "native"; None is triton on CUDA (when installed), else native."""
+    # Torch-free, so the engine core can hold it without importing torch.
+
+    model: str = setting("helios-tiny", "helios-tiny, helios-base|mid|distilled, helios-distilled-random, a cached "
+                                        "Hugging Face repo id or a diffusers-format checkpoint directory")
+    device: str | None = setting(None, "torch device (default: cuda when available, else cpu)")
+    dtype: str | None = setting(None, "transformer and text-encoder dtype (default: bfloat16 on CUDA, float32 on "
+                                      "CPU)", choices=("float32", "bfloat16", "float16"))
+    text_cache_size: int = setting(64, "prompt embeddings kept for reuse (an LRU cache)")
+    kernels: str | None = setting(None, "elementwise kernels of the transformer (default: triton on CUDA when "
+                                        "installed, else native)", choices=("triton", "native"))
 
     def resolved_device(self):
         import torch

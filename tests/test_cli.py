@@ -149,3 +149,42 @@ def test_every_engine_setting_is_a_serve_flag_with_its_help():
     help_text = " ".join(parser.format_help().split())
     for item in dataclasses.fields(EngineConfig):
         assert " ".join(item.metadata["help"].split()) in help_text, item.name
+
+
+def test_serve_flags_are_the_whole_config_tree_each_default_shown_once():
+    """`serve` is generated from HeliosConfig (model, engine, server, scale-out): every field is
+    reachable, the flags build the tree back, and each option's help shows its default once."""
+    import dataclasses
+    import re
+
+    from helios_serve.cli import build_parser
+    from helios_serve.config import HeliosConfig, config_from_args
+
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    assert config_from_args(HeliosConfig, parser.parse_args(["serve"])) == HeliosConfig()
+    args = parser.parse_args(["serve", "helios-tiny-mid", "--dtype", "bfloat16", "--text-cache-size", "8",
+                              "--max-rows-per-forward", "3", "--port", "9001", "--retention-hours", "2",
+                              "--replicas", "2", "--gpus-per-replica", "0.5"])
+    config = config_from_args(HeliosConfig, args)
+    assert (config.model.model, config.model.dtype, config.model.text_cache_size) == ("helios-tiny-mid", "bfloat16", 8)
+    assert (config.engine.max_rows_per_forward, config.server.port, config.server.retention_hours) == (3, 9001, 2.0)
+    assert (config.scale_out.replicas, config.scale_out.gpus_per_replica) == (2, 0.5)
+    dests = {action.dest for action in serve._actions}
+    for section in dataclasses.fields(HeliosConfig):
+        for item in dataclasses.fields(section.default_factory()):
+            assert item.name in dests, (section.name, item.name)
+    for action in serve._actions:
+        assert len(re.findall(r"\(default:", action.help or "")) <= 1, action.dest
+    text = serve.format_help()
+    assert "(default: 256)" in text and "(default: 8000)" in text and "None" not in text
+
+
+def test_a_bad_config_value_is_one_line(capsys):
+    from helios_serve.cli import main
+
+    for argv, mentions in ((["serve", "--replicas", "0"], "replicas"), (["serve", "--retention-hours", "-1"],
+                                                                         "retention_hours")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and mentions in err, err

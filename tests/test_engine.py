@@ -283,3 +283,38 @@ def test_the_runner_refuses_a_unit_its_state_is_not_at():
     assert result.num_rows == 1 and "a" not in runner.requests
     result = runner.execute(StepPlan(next_stage=["b"], positions={"b": UnitPosition(0, 1, 0)}))
     assert "next_stage planned" in result.failed["b"]
+
+
+def test_callers_hold_a_handle_with_consistent_progress_readings(tmp_path):
+    """The async engine hands out a handle (id, chunk stream, progress readings taken under the
+    engine lock), never the scheduler's live request record; the readings are frozen values."""
+    import dataclasses
+
+    from helios_serve.engine.async_engine import RequestHandle, RequestProgress
+
+    async def scenario():
+        engine = AsyncHeliosEngine()
+        try:
+            spec = dataclasses.replace(engine.resolve("a fox", VideoSamplingParams(num_frames=66, seed=3, **SMALL)),
+                                       resumable=True)
+            handle = engine.add_request(spec, "fox")
+            assert isinstance(handle, RequestHandle) and handle.num_chunks == 2
+            assert {name for name in vars(handle) if not name.startswith("_")} == {"request_id", "num_chunks"}
+            readings = [handle.progress()]
+            async for chunk in engine.chunks(handle):
+                readings.append(handle.progress())
+                if chunk.chunk_index == 0:
+                    chunk.resume_state.save(tmp_path / "fox.pt")
+            readings.append(handle.progress())
+            return engine.resumed(spec, str(tmp_path / "fox.pt")), readings
+        finally:
+            engine.shutdown()
+
+    resumed, readings = asyncio.run(scenario())
+    assert all(isinstance(r, RequestProgress) for r in readings)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        readings[0].fraction_done = 1.0
+    fractions = [r.fraction_done for r in readings]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert readings[-1].status is RequestStatus.FINISHED_COMPLETED and readings[-1].queue_time_s >= 0
+    assert (resumed.start_chunk, resumed.resume_path) == (1, str(tmp_path / "fox.pt"))

@@ -25,10 +25,9 @@ RUNNER_HOSTS = {"helios_serve.executor", "helios_serve.integrations.vllm_omni.pi
 """Those that build a ModelRunner and drive it through its public calls."""
 INTEGRATION_LAUNCHERS = {"helios_serve.entrypoints.serve"}
 """The composition root: `helios-serve serve --replicas N` starts the Ray Serve integration."""
+RUNNER_MODULES = {f"helios_serve.model_executor.{name}" for name in ("model_runner", "resume")}
+"""What only the runner hosts import: the runner, and (the executor) resume snapshots."""
 KNOWN_EXCEPTIONS = {
-    # The HTTP job service writes and reads resume snapshots itself; they move behind the
-    # engine when jobs are separated from HTTP (issue "one request, one progress, one config").
-    ("helios_serve.entrypoints.openai.serving_video", "helios_serve.model_executor.resume"),
     # `helios-serve check` times one forward of the transformer (a model-level smoke test).
     ("helios_serve.cli", "helios_serve.model_executor.smoke"),
 }
@@ -86,7 +85,7 @@ def _violations() -> list[tuple[str, str]]:
             elif target_area == "kernels":
                 allowed = False  # kernels are chosen by the model, from config
             elif target_area == "model_executor":
-                runner = target == "helios_serve.model_executor.model_runner" and module in RUNNER_HOSTS
+                runner = target in RUNNER_MODULES and module in RUNNER_HOSTS
                 allowed = target in CONTRACT_MODULES or runner
             elif target_area == "integrations":
                 allowed = module in INTEGRATION_LAUNCHERS
@@ -112,7 +111,18 @@ def test_the_contract_catches_a_layer_violation(tmp_path, monkeypatch):
     assert _violations() == [("helios_serve.model_executor.model_runner", "helios_serve.engine.engine_core")]
 
 
+def _imported_by(modules: str) -> set[str]:
+    probe = f"import sys\nimport {modules}\nprint(' '.join(sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    return {name.split(".")[0] for name in result.stdout.split()}
+
+
 def test_scheduler_and_engine_core_import_no_torch():
-    probe = ("import sys\nimport helios_serve.core.scheduler, helios_serve.engine.engine_core, helios_serve.request\n"
-             "assert 'torch' not in sys.modules, 'torch was imported'\n")
-    subprocess.run([sys.executable, "-c", probe], check=True)
+    assert "torch" not in _imported_by("helios_serve.core.scheduler, helios_serve.engine.engine_core, "
+                                       "helios_serve.request")
+
+
+def test_jobs_know_nothing_of_http_or_torch():
+    """The job manager, its sink, store and statuses run without a web framework or tensors."""
+    imported = _imported_by("helios_serve.jobs.manager, helios_serve.jobs.sink, helios_serve.jobs.status")
+    assert not imported & {"torch", "fastapi", "starlette", "uvicorn"}, imported & {"torch", "fastapi", "starlette"}

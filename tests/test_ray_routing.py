@@ -90,14 +90,15 @@ def test_a_create_sent_again_with_the_ingress_job_id_is_not_made_twice(tmp_path)
     create again with the same name, and a replica that already has the job returns it."""
     from fastapi.testclient import TestClient
 
-    from helios_serve.entrypoints.openai.api_server import ServerConfig, build_app
+    from helios_serve.config import HeliosConfig, ServerConfig
+    from helios_serve.entrypoints.openai.api_server import build_app
     from helios_serve.entrypoints.openai.replica import JOB_ID_HEADER
     from helios_serve.jobs.storage import new_job_id
 
     body = {"prompt": "once", "num_frames": 1, "size": "64x64"}
     chosen = new_job_id()
     for instance, expect_chosen in (("replica-test", True), (None, False)):
-        app = build_app(ServerConfig(data_dir=str(tmp_path / str(instance)), instance_id=instance))
+        app = build_app(HeliosConfig(server=ServerConfig(data_dir=str(tmp_path / str(instance)))), replica_id=instance)
         with TestClient(app) as client:
             while client.get("/ready").status_code != 200:
                 time.sleep(0.1)

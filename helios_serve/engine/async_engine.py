@@ -16,6 +16,7 @@ import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from ..model_executor.step_io import RequestSpec
 from ..outputs import VideoChunkOutput
@@ -28,13 +29,41 @@ _FINISHED = object()  # end-of-stream marker on a request's queue
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RequestProgress:
+    """One consistent reading of a request, taken under the engine lock."""
+
+    request_id: str
+    status: RequestStatus
+    fraction_done: float
+    """Units done over all units (encode, steps, stage transitions, decodes)."""
+    queue_time_s: float | None
+    """Arrival to admission; None while it waits."""
+    error: str | None
+
+
+class RequestHandle:
+    """What a caller holds for a submitted request: its id, its chunk stream and consistent
+    readings of its progress. The scheduler's live record stays inside the engine."""
+
+    def __init__(self, request: Request, lock: threading.Lock, queue: asyncio.Queue):
+        self.request_id, self.num_chunks = request.request_id, request.spec.num_chunks
+        self._request, self._lock, self._queue = request, lock, queue
+
+    def progress(self) -> RequestProgress:
+        with self._lock:
+            r = self._request
+            queued = None if r.admitted_time is None else r.admitted_time - r.arrival_time
+            return RequestProgress(r.request_id, r.status, r.progress, queued, r.error)
+
+
 class AsyncHeliosEngine(EngineFront):
     def __init__(self, *args, **kwargs):
         """The same options as HeliosEngine; starts the background step thread."""
         super().__init__(*args, **kwargs)
         self._wake = threading.Event()
-        # request id -> (its request, the loop of its consumer, its chunk queue)
-        self._streams: dict[str, tuple[Request, asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        # request id -> (its number of chunks, the loop of its consumer, its chunk queue)
+        self._streams: dict[str, tuple[int, asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="helios-engine", daemon=True)
         self._thread.start()
@@ -47,14 +76,14 @@ class AsyncHeliosEngine(EngineFront):
         priority: int = 0,
         realtime_fps: float | None = None,
         timeout_s: float | None = None,
-    ) -> tuple[Request, asyncio.Queue]:
-        """Submit; raises QueueFullError / ValueError at once. Returns the request and its chunk queue."""
+    ) -> RequestHandle:
+        """Submit; raises QueueFullError / ValueError at once. Read its chunks with ``chunks``."""
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
         request = self.core.add_request(request_id, spec, priority, realtime_fps, timeout_s)
-        self._streams[request_id] = (request, asyncio.get_running_loop(), queue)
+        self._streams[request_id] = (request.spec.num_chunks, asyncio.get_running_loop(), queue)
         self._wake.set()
-        return request, queue
+        return RequestHandle(request, self.core.lock, queue)
 
     async def generate(
         self,
@@ -67,29 +96,30 @@ class AsyncHeliosEngine(EngineFront):
     ) -> AsyncIterator[VideoChunkOutput]:
         """Chunks of one video as they are decoded. Leaving the loop early cancels the request."""
         spec = self.resolve(prompt, params or VideoSamplingParams())
-        request, queue = self.add_request(spec, request_id, priority, realtime_fps, timeout_s)
+        handle = self.add_request(spec, request_id, priority, realtime_fps, timeout_s)
         try:
-            async for chunk in self.chunks(request, queue):
+            async for chunk in self.chunks(handle):
                 yield chunk
         finally:
-            if not request.status.is_finished:
-                self.abort(request.request_id)
+            if not handle.progress().status.is_finished:
+                self.abort(handle.request_id)
 
-    async def chunks(self, request: Request, queue: asyncio.Queue) -> AsyncIterator[VideoChunkOutput]:
+    async def chunks(self, handle: RequestHandle) -> AsyncIterator[VideoChunkOutput]:
+        """The request's chunks as they are decoded; at its end, raises if it did not complete."""
         while True:
-            item = await queue.get()
+            item = await handle._queue.get()
             if item is _FINISHED:
-                raise_for_status(request)
+                raise_for_status(handle.progress())
                 return
             yield item
 
-    def abort(self, request_id: str) -> Request | None:
-        """Cancel a request; its slot is free for the next step. None if unknown or already done."""
-        request = self.core.abort_request(request_id)
-        if request is not None:
-            self._deliver(request_id, _FINISHED, final=True)
-            self._wake.set()
-        return request
+    def abort(self, request_id: str) -> bool:
+        """Cancel a request; its slot is free for the next step. False if unknown or already done."""
+        if self.core.abort_request(request_id) is None:
+            return False
+        self._deliver(request_id, _FINISHED, final=True)
+        self._wake.set()
+        return True
 
     def queue_depth(self) -> tuple[int, int]:
         """(waiting, running) requests."""
@@ -117,8 +147,8 @@ class AsyncHeliosEngine(EngineFront):
             for chunk in step.chunks:
                 target = self._streams.get(chunk.request_id)
                 if target is not None:
-                    num_chunks = target[0].spec.num_chunks
-                    item = VideoChunkOutput(chunk.request_id, chunk.chunk_index, num_chunks, chunk.frames, chunk.resume_state)
+                    item = VideoChunkOutput(chunk.request_id, chunk.chunk_index, target[0], chunk.frames,
+                                            chunk.resume_state)
                     self._deliver(chunk.request_id, item)
             for request in step.finished:
                 self._deliver(request.request_id, _FINISHED, final=True)

@@ -27,7 +27,8 @@ ProgressCallback = Callable[[str, int, int], None]
 """(request_id, units_done, units_total): units are encodes, steps, transitions and decodes."""
 
 
-def raise_for_status(request: Request) -> None:
+def raise_for_status(request) -> None:
+    """Raise if a request (its record, or a RequestProgress reading) ended without completing."""
     if request.status is RequestStatus.FINISHED_FAILED:
         raise RequestFailedError(f"request {request.request_id} failed: {request.error}")
     if request.status in (RequestStatus.FINISHED_CANCELLED, RequestStatus.FINISHED_TIMEOUT):

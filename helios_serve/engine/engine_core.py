@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..config import EngineConfig
 from ..core.scheduler import Scheduler
@@ -109,14 +109,16 @@ class EngineFront:
         dtype: str | None = None,
         engine_config: EngineConfig | None = None,
         kernels: str | None = None,
+        model_config: RunnerConfig | None = None,
         **engine_options,
     ):
-        """``engine_options`` are EngineConfig fields (max_rows_per_forward=4, policy="deadline", ...);
-        ``kernels`` picks the transformer's elementwise kernels ("triton", "native"; None: by device)."""
+        """``model``, ``device``, ``dtype`` and ``kernels`` ("triton", "native"; None: by device) are
+        a shortcut for ``model_config`` (the config tree's model section); ``engine_options`` are
+        EngineConfig fields (max_rows_per_forward=4, policy="deadline", ...)."""
         engine_config = engine_config or EngineConfig(**engine_options)
-        runner = RunnerConfig(model=model, device=device, dtype=dtype, kernels=kernels)
-        self.core = EngineCore(runner, engine_config)
-        self.model = model
+        model_config = model_config or RunnerConfig(model=model, device=device, dtype=dtype, kernels=kernels)
+        self.core = EngineCore(model_config, engine_config)
+        self.model = model_config.model
 
     @property
     def variant(self):
@@ -129,3 +131,8 @@ class EngineFront:
     def resolve(self, prompt: str, params) -> RequestSpec:
         """Validate a prompt and VideoSamplingParams against this model; ValueError names the field."""
         return params.resolve(prompt, self.variant, has_vae=self.core.executor.has_vae)
+
+    def resumed(self, spec: RequestSpec, snapshot_path: str) -> RequestSpec:
+        """``spec`` continued from a resume snapshot (after its completed chunks)."""
+        done = self.core.executor.snapshot_chunks_done(snapshot_path)
+        return replace(spec, resume_path=str(snapshot_path), start_chunk=done) if done else spec

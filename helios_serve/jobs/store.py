@@ -8,6 +8,8 @@ import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .status import JobStatus
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS videos (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -32,7 +34,6 @@ CREATE TABLE IF NOT EXISTS videos (
     owner TEXT
 )
 """
-ACTIVE_STATUSES = ("queued", "in_progress")
 
 
 @dataclass
@@ -40,10 +41,11 @@ class JobRecord:
     id: str
     model: str
     prompt: str
-    status: str
+    status: JobStatus
     created_at: int
     request: dict
-    """The validated request fields, enough to run (or resume) the job again."""
+    """The job's settings: ``VideoSamplingParams.to_fields()`` plus prompt, priority and
+    realtime; enough to run (or resume) the job again."""
     width: int
     height: int
     num_frames: int
@@ -72,6 +74,7 @@ class JobRecord:
         values.pop("seq", None)
         values["request"] = json.loads(values.pop("request_json"))
         values["timings"] = json.loads(values.pop("timings_json"))
+        values["status"] = JobStatus(values["status"])
         return cls(**values)
 
 

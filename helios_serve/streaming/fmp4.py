@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..video_io import H264_CODEC, H264_OPTIONS, H264_PIXEL_FORMAT
+
 CONTAINER_BOXES = {b"moov", b"trak", b"mdia", b"moof", b"traf"}
 
 
@@ -61,10 +63,11 @@ class EncodedChunk:
 class ChunkEncoder:
     """Encodes chunks of uint8 frames [T, H, W, 3] into continuing fMP4 fragments."""
 
-    def __init__(self, fps: int, crf: int = 20, preset: str = "veryfast"):
+    def __init__(self, fps: int):
         self.fps = fps
-        # zerolatency: no B-frames or lookahead, every frame leaves the encoder at once.
-        self.options = {"crf": str(crf), "preset": preset, "tune": "zerolatency", "g": "100000"}
+        # zerolatency: no B-frames or lookahead, every frame leaves the encoder at once; one
+        # keyframe per chunk (its first frame), as each chunk is encoded on its own.
+        self.options = {**H264_OPTIONS, "tune": "zerolatency", "g": "100000"}
 
     def encode(self, frames: np.ndarray, first_frame: int, first_sequence: int = 1) -> EncodedChunk:
         import av
@@ -72,8 +75,8 @@ class ChunkEncoder:
         buffer = io.BytesIO()
         container = av.open(buffer, "w", format="mp4",
                             options={"movflags": "frag_keyframe+empty_moov+default_base_moof"})
-        stream = container.add_stream("libx264", rate=self.fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream = container.add_stream(H264_CODEC, rate=self.fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], H264_PIXEL_FORMAT
         stream.options = self.options
         for index, frame in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")

@@ -1,58 +1,53 @@
-"""The FastAPI app: OpenAI-style /v1/videos, streaming, models, health, readiness and metrics.
+"""The FastAPI app, assembled here and only here: OpenAI-style /v1/videos, streaming, models,
+health, readiness and metrics.
 
-Routes only translate HTTP to the VideoService and back; errors become OpenAI-style error
-bodies ({"error": {"message", "type", "param", "code"}}), never stack traces.
+Routes only translate HTTP to the JobManager (jobs/manager.py) and back; errors of the layers
+below go through one table (errors.py) to OpenAI-style error bodies
+({"error": {"message", "type", "param", "code"}}), never stack traces.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 
-from ...config import EngineConfig
+from ...config import HeliosConfig
+from ...errors import JobConflictError
+from ...jobs.manager import JobManager
+from ...jobs.status import JobStatus
+from ...jobs.store import JobRecord
 from .body import BodyTooLarge, BodySizeLimit, parse_create_request
+from .errors import ERROR_TABLE, ApiError, api_error, error_body
 from .metrics import ServerMetrics
-from .protocol import ModelCard, ModelList, VideoDeleted, VideoList, VideoObject
+from .protocol import ModelCard, ModelList, VideoCreateRequest, VideoDeleted, VideoList, VideoObject, video_object
 from .replica import requested_job_id
-from .errors import ApiError
-from .serving_video import VideoService
 
 logger = logging.getLogger(__name__)
 POLL_AFTER_MS = "500"
 
 
-@dataclass
-class ServerConfig:
-    model: str = "helios-tiny"
-    data_dir: str = "./helios-data"
-    api_key: str | None = None
-    retention_hours: float = 24.0
-    max_upload_mb: float = 64.0
-    device: str | None = None
-    dtype: str | None = None
-    kernels: str | None = None
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    instance_id: str | None = None
-    """Set when this server is one engine replica of a Ray deployment: it owns the jobs it
-    creates, resumes nothing on start (the router hands a dead replica's jobs to the living),
-    and answers the router on /internal/status and /internal/adopt."""
-
-
 class ServerState:
-    def __init__(self, config: ServerConfig):
+    """What the routes share: the config, the engine and jobs once loaded, the metrics."""
+
+    def __init__(self, config: HeliosConfig, replica_id: str | None):
         self.config = config
+        self.replica_id = replica_id
+        """Set when this server is one engine replica of a Ray deployment: it owns the jobs it
+        creates, resumes nothing on start (the router hands a dead replica's jobs to the living),
+        and answers the router on /internal/status and /internal/adopt."""
         self.metrics = ServerMetrics()
         self.engine = None
-        self.service: VideoService | None = None
+        self.jobs: JobManager | None = None
         self.load_error: str | None = None
         self.started = time.time()
         self.warmup_seconds: float | None = None
@@ -60,22 +55,38 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
-        return self.service is not None
+        return self.jobs is not None
 
-    def require_service(self) -> VideoService:
-        if self.service is None:
+    def require_jobs(self) -> JobManager:
+        if self.jobs is None:
             detail = self.load_error or "the model is still loading; retry shortly"
             raise ApiError(503, "not_ready", detail, headers={"Retry-After": "5"})
-        return self.service
+        return self.jobs
+
+    async def create_job(self, body: VideoCreateRequest, uploads: dict[str, bytes], job_id: str | None = None
+                         ) -> JobRecord:
+        """A job from a validated body (HTTP or WebSocket)."""
+        jobs = self.require_jobs()
+        model = self.config.model.model
+        if body.model is not None and body.model != model:
+            raise ApiError(404, "model_not_found", f"this server serves {model!r}, not {body.model!r}", "model")
+        return await jobs.create(body.prompt, body.sampling_params(), uploads, priority=body.priority,
+                                 realtime=body.realtime, job_id=job_id)
+
+    def authorize(self, connection: HTTPConnection) -> None:
+        """The one API-key check, for HTTP routes (a dependency) and the WebSocket alike."""
+        expected = self.config.server.api_key
+        if expected is None:
+            return
+        header = connection.headers.get("authorization", "")
+        supplied = header[7:] if header.lower().startswith("bearer ") else connection.query_params.get("api_key")
+        if not hmac.compare_digest((supplied or "").encode(), expected.encode()):
+            raise ApiError(401, "invalid_api_key", "a valid API key is required (Authorization: Bearer KEY)",
+                           headers={"WWW-Authenticate": "Bearer"})
 
 
-def error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def build_app(config: ServerConfig) -> FastAPI:
-    state = ServerState(config)
+def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
+    state = ServerState(config, replica_id)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -92,19 +103,9 @@ def build_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="helios-serve", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-style video generation API for the Helios models.")
     app.state.server = state
-    app.add_middleware(BodySizeLimit, max_bytes=int(config.max_upload_mb * 2**20))
+    app.add_middleware(BodySizeLimit, max_bytes=int(config.server.max_upload_mb * 2**20))
     install_error_handlers(app)
-
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        supplied = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("api_key")
-        if supplied != config.api_key:
-            raise ApiError(401, "invalid_api_key", "a valid API key is required (Authorization: Bearer KEY)",
-                           headers={"WWW-Authenticate": "Bearer"})
-
-    auth = [Depends(authorize)]
+    auth = [Depends(state.authorize)]
 
     @app.get("/health")
     async def health() -> dict:
@@ -113,7 +114,7 @@ def build_app(config: ServerConfig) -> FastAPI:
     @app.get("/ready")
     async def ready():
         if state.ready:
-            return {"status": "ready", "model": config.model, "warmup_seconds": round(state.warmup_seconds, 3)}
+            return {"status": "ready", "model": config.model.model, "warmup_seconds": round(state.warmup_seconds, 3)}
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
@@ -124,33 +125,24 @@ def build_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/v1/models", dependencies=auth, response_model=ModelList)
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=config.model, created=int(state.started))])
+        return ModelList(data=[ModelCard(id=config.model.model, created=int(state.started))])
 
     @app.post("/v1/videos", dependencies=auth, response_model=VideoObject, openapi_extra=CREATE_BODY_SCHEMA)
     async def create_video(request: Request) -> JSONResponse:
-        service = state.require_service()
         body, uploads = await parse_create_request(request)
-        record = await service.create(body, uploads, requested_job_id(request, state))
-        return JSONResponse(service.view(record).model_dump(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+        record = await state.create_job(body, uploads, requested_job_id(request, state))
+        view = video_object(state.require_jobs(), record)
+        return JSONResponse(view.model_dump(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
 
     @app.post("/v1/videos/sync", dependencies=auth, response_class=FileResponse, openapi_extra=CREATE_BODY_SCHEMA)
     async def create_video_sync(request: Request):
-        service = state.require_service()
         body, uploads = await parse_create_request(request)
-        record = await service.create(body, uploads, requested_job_id(request, state))
-        events = service.subscribe(record.id)
-        try:
-            while service.get(record.id).status not in ("completed", "failed"):
-                try:
-                    await asyncio.wait_for(events.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    continue
-        finally:
-            service.unsubscribe(record.id, events)
-        final = service.get(record.id)
-        if final.status == "failed":
+        record = await state.create_job(body, uploads, requested_job_id(request, state))
+        jobs = state.require_jobs()
+        final = await jobs.wait_final(record.id)
+        if final.status is JobStatus.FAILED:
             raise ApiError(500, final.error_code or "generation_failed", final.error_message or "generation failed")
-        return FileResponse(service.files.video(record.id), media_type="video/mp4", filename=f"{record.id}.mp4")
+        return FileResponse(jobs.files.video(record.id), media_type="video/mp4", filename=f"{record.id}.mp4")
 
     @app.get("/v1/videos", dependencies=auth, response_model=VideoList)
     async def list_videos(
@@ -158,34 +150,32 @@ def build_app(config: ServerConfig) -> FastAPI:
         limit: int = Query(default=20, ge=1, le=100),
         order: str = Query(default="desc", pattern="^(asc|desc)$"),
     ) -> VideoList:
-        service = state.require_service()
-        records, has_more = service.store.page(after, limit, order)
-        data = [service.view(r) for r in records]
+        jobs = state.require_jobs()
+        records, has_more = jobs.store.page(after, limit, order)
+        data = [video_object(jobs, r) for r in records]
         return VideoList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                          has_more=has_more)
 
     @app.get("/v1/videos/{video_id}", dependencies=auth, response_model=VideoObject)
     async def retrieve_video(video_id: str) -> JSONResponse:
-        service = state.require_service()
-        view = service.view(service.get(video_id))
+        jobs = state.require_jobs()
+        view = video_object(jobs, jobs.get(video_id))
         return JSONResponse(view.model_dump(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
 
     @app.delete("/v1/videos/{video_id}", dependencies=auth, response_model=VideoDeleted)
     async def delete_video(video_id: str) -> VideoDeleted:
-        service = state.require_service()
-        await service.delete(video_id)  # a running job is counted as cancelled by its task
+        await state.require_jobs().delete(video_id)  # a running job is counted as cancelled by its task
         return VideoDeleted(id=video_id)
 
     @app.get("/v1/videos/{video_id}/content", dependencies=auth, response_class=FileResponse)
     async def video_content(video_id: str, variant: str = Query(default="video", pattern="^(video|thumbnail)$")):
-        service = state.require_service()
-        record = service.get(video_id)
-        if variant == "thumbnail" and service.files.thumbnail(video_id).exists():
-            return FileResponse(service.files.thumbnail(video_id), media_type="image/webp")
-        if record.status != "completed":
-            raise ApiError(409, "video_not_ready", f"video {video_id} is {record.status}; its content is not ready",
-                           "video_id")
-        return FileResponse(service.files.video(video_id), media_type="video/mp4", filename=f"{video_id}.mp4")
+        jobs = state.require_jobs()
+        record = jobs.get(video_id)
+        if variant == "thumbnail" and jobs.files.thumbnail(video_id).exists():
+            return FileResponse(jobs.files.thumbnail(video_id), media_type="image/webp")
+        if record.status is not JobStatus.COMPLETED:
+            raise JobConflictError(f"video {video_id} is {record.status}; its content is not ready", "video_not_ready")
+        return FileResponse(jobs.files.video(video_id), media_type="video/mp4", filename=f"{video_id}.mp4")
 
     from .playground import install_playground
     from .realtime import install_realtime
@@ -194,7 +184,7 @@ def build_app(config: ServerConfig) -> FastAPI:
     install_streaming(app, state, auth)
     install_realtime(app, state)
     install_playground(app)
-    if config.instance_id is not None:
+    if replica_id is not None:
         from .replica import install_replica_routes
 
         install_replica_routes(app, state, auth)
@@ -205,8 +195,6 @@ def build_app(config: ServerConfig) -> FastAPI:
 def install_openapi_schema(app: FastAPI) -> None:
     """The create routes read JSON or multipart themselves; publish their body model in the schema."""
     from fastapi.openapi.utils import get_openapi
-
-    from .protocol import VideoCreateRequest
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -231,9 +219,15 @@ CREATE_BODY_SCHEMA = {
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.status, exc.code, exc.message, exc.param), exc.status, headers=exc.headers)
+    def answer(error: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(error.status, error.code, error.message, error.param), error.status,
+                            headers=error.headers)
+
+    async def known(request: Request, exc: Exception) -> JSONResponse:
+        return answer(api_error(exc))
+
+    for kind in (ApiError, *ERROR_TABLE):
+        app.add_exception_handler(kind, known)
 
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(ValidationError)
@@ -242,18 +236,17 @@ def install_error_handlers(app: FastAPI) -> None:
         location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
         param = ".".join(location) or None
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
-        return JSONResponse(error_body(422, "invalid_value", message, param), 422)
+        return answer(ApiError(422, "invalid_value", message, param))
 
     @app.exception_handler(BodyTooLarge)
     async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
-        return JSONResponse(error_body(413, "payload_too_large", str(exc)), 413)
+        return answer(ApiError(413, "payload_too_large", str(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body(exc.status_code, "http_error", str(exc.detail)), exc.status_code)
+        return answer(ApiError(exc.status_code, "http_error", str(exc.detail)))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_body(500, "internal_error", "internal server error"), 500)
-
+        return answer(ApiError(500, "internal_error", "internal server error"))

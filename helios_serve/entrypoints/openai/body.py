@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
+from ...sampling_params import FIELDS
 from .errors import invalid
-from .inputs import decode_base64
 from .protocol import VideoCreateRequest
 
-LIST_FIELDS = {"pyramid_num_inference_steps_list"}
+LIST_FIELDS = {name for name, item in FIELDS.items() if item.metadata["kind"] == tuple[int, ...]}
 FILE_FIELDS = {"input_reference": "image", "video_reference": "video"}
+DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,(?P<data>.*)$", re.DOTALL)
 
 
 class BodyTooLarge(Exception):
@@ -104,3 +108,13 @@ async def parse_create_request(request: Request) -> tuple[VideoCreateRequest, di
                     raise invalid(str(exc), name) from None
     body = VideoCreateRequest.model_validate(data)
     return body, uploads
+
+
+def decode_base64(value: str, field: str) -> bytes:
+    """A data URL (data:image/png;base64,...) or bare base64 -> bytes; ValueError names the field."""
+    match = DATA_URL.match(value)
+    payload = match.group("data") if match else value
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{field} must be a base64 data URL (no web URLs: this server does not fetch)") from None

@@ -1,4 +1,5 @@
-"""Server start-up and housekeeping: load and warm up the engine, resume jobs, expire old videos."""
+"""Server start-up and housekeeping: load and warm up the engine, open the jobs, resume them,
+expire old videos."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import asyncio
 import logging
 import time
 
+from ...jobs.manager import JobManager
 from ...jobs.storage import JobFiles
 from ...jobs.store import JobStore
 from ...model_executor.step_io import FRAMES_PER_CHUNK
 from ...sampling_params import VideoSamplingParams
-from .serving_video import VideoService
 
 logger = logging.getLogger(__name__)
 CLEANUP_INTERVAL_S = 60.0
@@ -21,26 +22,24 @@ async def load_engine(state) -> None:
     from ...engine.async_engine import AsyncHeliosEngine
 
     config = state.config
+    model = config.model.model
     try:
-        engine = await asyncio.to_thread(
-            AsyncHeliosEngine, model=config.model, device=config.device, dtype=config.dtype,
-            engine_config=config.engine, kernels=config.kernels,
-        )
+        engine = await asyncio.to_thread(AsyncHeliosEngine, model_config=config.model, engine_config=config.engine)
         engine.core.step_listeners.append(state.metrics.on_step)
         state.engine = engine
         state.warmup_seconds = await warm_up(engine)
         logger.info("warmed up in %.2f s", state.warmup_seconds)
         await measure_device_peak(engine, state.metrics)
-        files = JobFiles(config.data_dir)
-        service = VideoService(engine, files, JobStore(files.database), config.model, state.metrics,
-                               retention_s=config.retention_hours * 3600, instance=config.instance_id)
+        files = JobFiles(config.server.data_dir)
+        jobs = JobManager(engine, files, JobStore(files.database), model, config.server.retention_hours * 3600,
+                          state.metrics, owner=state.replica_id)
         # A replica of a Ray deployment leaves interrupted jobs to the router (see replica.py).
-        resumed = service.resume_interrupted() if config.instance_id is None else []
-        state.service = service
-        logger.info("ready: %s (%d interrupted job(s) resumed)", config.model, len(resumed))
+        resumed = jobs.resume_interrupted() if state.replica_id is None else []
+        state.jobs = jobs
+        logger.info("ready: %s (%d interrupted job(s) resumed)", model, len(resumed))
     except Exception as exc:  # noqa: BLE001 - reported by /ready and the log, the process stays up
-        logger.exception("loading %s failed", config.model)
-        state.load_error = f"loading {config.model} failed: {exc}"
+        logger.exception("loading %s failed", model)
+        state.load_error = f"loading {model} failed: {exc}"
 
 
 async def warm_up(engine) -> float:
@@ -69,7 +68,7 @@ async def measure_device_peak(engine, metrics) -> None:
 async def periodic_cleanup(state) -> None:
     while True:
         await asyncio.sleep(CLEANUP_INTERVAL_S)
-        if state.service is not None:
-            removed = state.service.delete_expired()
+        if state.jobs is not None:
+            removed = state.jobs.delete_expired()
             if removed:
                 logger.info("removed %d expired video(s)", removed)

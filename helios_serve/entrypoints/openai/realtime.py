@@ -16,8 +16,10 @@ import json
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
+from ...errors import JobNotFoundError
+from ...jobs.status import CANCELLED, ChunkReady, JobStatus
+from .errors import ERROR_TABLE, ApiError, api_error
 from .protocol import VideoCreateRequest
-from .errors import ApiError
 
 START_TIMEOUT_S = 10.0
 SESSION_FIELDS_IGNORED = {"type", "format", "pace_to_media_time", "pacing_lead_seconds", "pacing_max_lag_seconds"}
@@ -26,12 +28,11 @@ SESSION_FIELDS_IGNORED = {"type", "format", "pace_to_media_time", "pacing_lead_s
 def install_realtime(app: FastAPI, state) -> None:
     @app.websocket("/v1/realtime/video")
     async def realtime_video(websocket: WebSocket) -> None:
-        api_key = state.config.api_key
-        header = websocket.headers.get("authorization", "")
-        supplied = header[7:] if header.lower().startswith("bearer ") else websocket.query_params.get("api_key")
         await websocket.accept()
-        if api_key is not None and supplied != api_key:
-            await _error_and_close(websocket, "invalid_api_key", "a valid API key is required")
+        try:
+            state.authorize(websocket)
+        except ApiError as exc:
+            await _error_and_close(websocket, exc.code, exc.message)
             return
         try:
             await Session(websocket, state).run()
@@ -62,60 +63,56 @@ class Session:
             await _error_and_close(self.websocket, "invalid_request", "only format 'm4s' (fragmented MP4) is served")
             return
         try:
-            service = self.state.require_service()
             fields = {k: v for k, v in message.items() if k not in SESSION_FIELDS_IGNORED}
             if "width" in fields or "height" in fields:
                 fields["size"] = f"{fields.pop('width', 0)}x{fields.pop('height', 0)}"
-            record = await service.create(VideoCreateRequest.model_validate(fields), {})
+            record = await self.state.create_job(VideoCreateRequest.model_validate(fields), {})
         except ValidationError as exc:
             first = exc.errors()[0]
             await _error_and_close(self.websocket, "invalid_value", f"{'.'.join(map(str, first['loc']))}: {first['msg']}")
             return
-        except ApiError as exc:
-            await _error_and_close(self.websocket, exc.code, exc.message)
+        except (ApiError, *ERROR_TABLE) as exc:
+            error = api_error(exc)
+            await _error_and_close(self.websocket, error.code, error.message)
             return
         self.job_id = record.id
-        await self.stream(service, record)
+        await self.stream(self.state.jobs, record)
 
-    async def stream(self, service, record) -> None:
-        events = service.subscribe(record.id)
-        listener = asyncio.create_task(self._listen(service))
+    async def stream(self, jobs, record) -> None:
+        events = jobs.subscribe(record.id)
+        listener = asyncio.create_task(self._listen(jobs))
         await self.websocket.send_json({
             "type": "video.start", "request_id": record.id, "format": "m4s",
             "config": {"width": record.width, "height": record.height, "fps": record.fps,
                        "num_frames": record.num_frames, "total_chunks": record.total_chunks},
         })
-        sent, status = 0, "completed"
+        sent = 0
         try:
-            while True:
-                event = await events.get()
-                if event["type"] == "chunk":
-                    await self._send_chunk(service, record.id, event)
-                    sent += 1
-                elif event["type"] == "completed":
-                    break
-                else:
-                    status = "cancelled" if event["error"]["code"] == "cancelled" else "failed"
-                    if status == "failed":
-                        await self.websocket.send_json({"type": "error", **event["error"]})
-                    break
+            while isinstance(event := await events.get(), ChunkReady):
+                await self._send_chunk(jobs, record.id, event)
+                sent += 1
+            # vLLM-Omni's session.done names a stopped session "cancelled": our failed job with that code.
+            status = CANCELLED if event.error_code == CANCELLED else event.status
+            if status is JobStatus.FAILED:
+                await self.websocket.send_json({"type": "error", "code": event.error_code,
+                                                "message": event.error_message})
             await self.websocket.send_json({"type": "session.done", "status": status, "request_id": record.id,
                                             "num_chunks": sent})
             await self.websocket.close()
         finally:
             listener.cancel()
-            service.unsubscribe(record.id, events)
+            jobs.unsubscribe(record.id, events)
 
-    async def _send_chunk(self, service, job_id: str, event: dict) -> None:
-        index = event["chunk_index"]
-        data = service.files.segment(job_id, index).read_bytes()
+    async def _send_chunk(self, jobs, job_id: str, event: ChunkReady) -> None:
+        index = event.chunk_index
+        data = jobs.files.segment(job_id, index).read_bytes()
         if index == 0:
-            data = service.files.init_segment(job_id).read_bytes() + data
+            data = jobs.files.init_segment(job_id).read_bytes() + data
         await self.websocket.send_json({"type": "video.chunk_metadata", "generation_chunk_index": index,
-                                        "num_frames": event["num_frames"], "byte_length": len(data)})
+                                        "num_frames": event.num_frames, "byte_length": len(data)})
         await self.websocket.send_bytes(data)
 
-    async def _listen(self, service) -> None:
+    async def _listen(self, jobs) -> None:
         """Client messages during generation: ping, stop; a disconnect cancels too."""
         try:
             while True:
@@ -124,13 +121,13 @@ class Session:
                 if kind == "session.ping":
                     await self.websocket.send_json({"type": "session.pong"})
                 elif kind == "session.stop":
-                    await service.delete(self.job_id)
+                    await jobs.delete(self.job_id)
                     return
                 elif kind == "session.interaction":
                     await self.websocket.send_json({"type": "error", "code": "interaction_failed",
                                                     "message": "this model does not take interactions",
                                                     "event_id": (message.get("interaction") or {}).get("event_id")})
         except (WebSocketDisconnect, RuntimeError, json.JSONDecodeError):
-            with contextlib.suppress(ApiError):
-                if self.job_id and service.live_progress(self.job_id) is not None:
-                    await service.delete(self.job_id)
+            with contextlib.suppress(JobNotFoundError):
+                if self.job_id and jobs.live_progress(self.job_id) is not None:
+                    await jobs.delete(self.job_id)

@@ -1,4 +1,4 @@
-"""Routes of a server that is one engine replica behind the Ray router (ServerConfig.instance_id).
+"""Routes of a server that is one engine replica behind the Ray router (build_app's replica_id).
 
 The router polls /internal/status for each replica's load and readiness, and when a replica
 dies, asks a living one to adopt its unfinished jobs with /internal/adopt. The router does
@@ -19,7 +19,7 @@ replica died mid-request) cannot make the job twice. Only replicas read it."""
 
 def requested_job_id(request: Request, state) -> str | None:
     job_id = request.headers.get(JOB_ID_HEADER)
-    return job_id if state.config.instance_id is not None and job_id and is_job_id(job_id) else None
+    return job_id if state.replica_id is not None and job_id and is_job_id(job_id) else None
 
 
 class AdoptRequest(BaseModel):
@@ -31,10 +31,9 @@ def install_replica_routes(app: FastAPI, state, auth: list) -> None:
     @app.get("/internal/status", dependencies=auth)
     async def status() -> dict:
         waiting, running = state.engine.queue_depth() if state.engine is not None else (0, 0)
-        return {"instance": state.config.instance_id, "ready": state.ready, "load_error": state.load_error,
+        return {"instance": state.replica_id, "ready": state.ready, "load_error": state.load_error,
                 "waiting": waiting, "running": running}
 
     @app.post("/internal/adopt", dependencies=auth)
     async def adopt(request: AdoptRequest) -> dict:
-        service = state.require_service()
-        return {"adopted": service.adopt(request.job_ids, request.previous_owner)}
+        return {"adopted": state.require_jobs().adopt(request.job_ids, request.previous_owner)}

@@ -20,7 +20,8 @@ from starlette.background import BackgroundTask
 
 from ...entrypoints.openai.replica import JOB_ID_HEADER
 from ...jobs.storage import JobFiles, new_job_id
-from ...jobs.store import ACTIVE_STATUSES, JobStore
+from ...jobs.status import ACTIVE_STATUSES
+from ...jobs.store import JobStore
 from .routing import ReplicaView, dead_instances, least_loaded, merge_metrics, orphaned_jobs
 
 logger = logging.getLogger(__name__)

@@ -13,43 +13,32 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 
 import httpx
 
-from ...entrypoints.openai.api_server import ServerConfig
+from ...config import HeliosConfig
 
 
-@dataclass(frozen=True)
-class RayDeployment:
-    replicas: int = 1
-    ray_address: str | None = None
-    """None starts a local Ray instance; otherwise joins that cluster."""
-    gpus_per_replica: float | None = None
-    """None: 1 when the cluster has GPUs, else 0."""
-    cpus_per_replica: float = 1.0
-
-
-def build_application(config: ServerConfig, deployment: RayDeployment, gpus_per_replica: float, replica_host: str | None):
+def build_application(config: HeliosConfig, replicas: int, gpus_per_replica: float, replica_host: str | None):
     """The Ray Serve application: one deployment per replica slot, and the ingress over them."""
     from .ingress import HeliosIngress
     from .replica import HeliosReplica
 
-    resources = {"num_cpus": deployment.cpus_per_replica, "num_gpus": gpus_per_replica}
-    replicas = {
+    resources = {"num_cpus": config.scale_out.cpus_per_replica, "num_gpus": gpus_per_replica}
+    slots = {
         f"replica-{i}": HeliosReplica.options(name=f"helios-replica-{i}", ray_actor_options=resources).bind(
             config, f"replica-{i}", replica_host
         )
-        for i in range(deployment.replicas)
+        for i in range(replicas)
     }
     ingress = HeliosIngress.options(name="helios-ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.bind(replicas, config.data_dir, config.api_key)
+    return ingress.bind(slots, config.server.data_dir, config.server.api_key)
 
 
-def run_ray_deployment(config: ServerConfig, deployment: RayDeployment, host: str, port: int) -> int:
+def run_ray_deployment(config: HeliosConfig) -> int:
     """Deploy, print where to connect, and serve until interrupted (then tear everything down)."""
-    if deployment.replicas < 1:
-        raise ValueError(f"--replicas must be at least 1, got {deployment.replicas}")
+    deployment, host, port = config.scale_out, config.server.host, config.server.port
+    replicas = deployment.replicas or 1  # --ray-address alone: one replica
     try:
         import ray
         from ray import serve
@@ -57,8 +46,9 @@ def run_ray_deployment(config: ServerConfig, deployment: RayDeployment, host: st
         raise ValueError("--replicas needs Ray Serve: pip install 'helios-serve[ray]'") from None
 
     # Replicas run in other processes (other machines): they need the data dir's absolute path.
-    config = dataclasses.replace(config, data_dir=os.path.abspath(config.data_dir))
-    os.makedirs(config.data_dir, exist_ok=True)
+    server = dataclasses.replace(config.server, data_dir=os.path.abspath(config.server.data_dir))
+    config = dataclasses.replace(config, server=server)
+    os.makedirs(server.data_dir, exist_ok=True)
     started = time.monotonic()
     ray.init(address=deployment.ray_address, namespace="helios-serve", include_dashboard=False)
     gpus = deployment.gpus_per_replica
@@ -70,10 +60,10 @@ def run_ray_deployment(config: ServerConfig, deployment: RayDeployment, host: st
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly when stopped by pid
     try:
         serve.start(http_options={"host": host, "port": port})
-        application = build_application(config, deployment, gpus, replica_host)
+        application = build_application(config, replicas, gpus, replica_host)
         serve.run(application, name="helios", route_prefix="/", logging_config={"enable_access_log": False})
         base = f"http://{host}:{port}"
-        print(f"helios-serve: {deployment.replicas} replica(s) of {config.model} on Ray Serve at {base} "
+        print(f"helios-serve: {replicas} replica(s) of {config.model.model} on Ray Serve at {base} "
               f"({gpus:g} GPU, {deployment.cpus_per_replica:g} CPU each)", flush=True)
         print(f"  playground  {base}/   (open it in a browser)", flush=True)
         print(f"  API         {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)

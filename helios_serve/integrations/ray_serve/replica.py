@@ -7,14 +7,14 @@ Ray Serve restarts it (a new actor, a new instance id) when it dies or fails its
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import threading
 import uuid
 
 from ray import serve
 
-from ...entrypoints.openai.api_server import ServerConfig, build_app
+from ...config import HeliosConfig
+from ...entrypoints.openai.api_server import build_app
 
 
 def _free_port(host: str) -> int:
@@ -25,13 +25,13 @@ def _free_port(host: str) -> int:
 
 @serve.deployment(max_ongoing_requests=64, health_check_period_s=2, health_check_timeout_s=10)
 class HeliosReplica:
-    def __init__(self, config: ServerConfig, slot: str, host: str | None):
+    def __init__(self, config: HeliosConfig, slot: str, host: str | None):
         import ray
         import uvicorn
 
         host = host or ray.util.get_node_ip_address()  # in a cluster: this replica's own node
         self.instance = f"{slot}-{uuid.uuid4().hex[:8]}"
-        self.app = build_app(dataclasses.replace(config, instance_id=self.instance))
+        self.app = build_app(config, replica_id=self.instance)
         port = _free_port(host)
         self.url = f"http://{host}:{port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning"))

@@ -1,0 +1,260 @@
+"""Video jobs: durable requests of the engine, apart from any web framework and from torch.
+
+A job is a row in the store (its settings, status and progress), files under the data
+directory (inputs, segments, snapshot, final MP4) and, while the engine has it, an engine
+handle. One asyncio task per running job consumes the engine's chunks: each is written by the
+job's ChunkSink (segment, then snapshot; after the last chunk, the final MP4), then the row is
+updated, then listeners are told, so a crash at any point leaves a consistent job that resumes from its last completed chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+from ..errors import (
+    InvalidRequestError, JobNotFoundError, RequestCancelledError, RequestFailedError,
+)
+from ..model_executor.step_io import RequestSpec
+from ..request import RequestStatus
+from ..sampling_params import VideoSamplingParams
+from ..video_io import read_image_bytes, read_video
+from .sink import ChunkSink
+from .status import ACTIVE_STATUSES, CANCELLED, ChunkReady, JobEnded, JobEvent, JobStatus
+from .storage import JobFiles, new_job_id
+from .store import JobRecord, JobStore
+
+logger = logging.getLogger(__name__)
+CONDITIONING_FILES = ("image", "video")
+"""Uploaded inputs kept with a job (a resumed job reads them again)."""
+
+
+class JobManager:
+    def __init__(self, engine, files: JobFiles, store: JobStore, model_name: str, retention_s: float, metrics,
+                 owner: str | None = None):
+        """``metrics`` receives each job's timings (entrypoints/openai/metrics.py: ServerMetrics)."""
+        self.engine, self.files, self.store = engine, files, store
+        self.model_name, self.retention_s = model_name, retention_s
+        self.metrics = metrics
+        self.owner = owner
+        """This engine replica's id, recorded as the owner of its jobs (None for a single server)."""
+        self._handles: dict[str, object] = {}  # job id -> engine RequestHandle, while the engine has it
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._listeners: dict[str, set[asyncio.Queue]] = {}
+
+    # -- creating --------------------------------------------------------------------------------
+    async def create(self, prompt: str, params: VideoSamplingParams, uploads: dict[str, bytes] | None = None, *,
+                     priority: int = 0, realtime: bool = False, job_id: str | None = None) -> JobRecord:
+        """Validate, submit to the engine, record and start a job.
+
+        Raises InvalidRequestError or QueueFullError (nothing is recorded then). ``job_id`` is
+        given by the Ray ingress, which may send a create again after a replica died
+        mid-request: a job that already exists is returned, not made twice."""
+        if job_id is not None and (existing := self.store.get(job_id)) is not None:
+            return existing
+        job_id = job_id or new_job_id()
+        settings = {"prompt": prompt, "priority": priority, "realtime": realtime, **params.to_fields()}
+        # Decoding uploads can take a while: off the event loop, so other clients are not held up.
+        spec = await asyncio.to_thread(self._prepare, job_id, settings, uploads or {})
+        record = JobRecord(
+            id=job_id, model=self.model_name, prompt=prompt, status=JobStatus.QUEUED, created_at=int(time.time()),
+            request=settings, width=spec.width, height=spec.height, num_frames=spec.output_frames,
+            fps=params.fps or self.engine.variant.default_fps, total_chunks=spec.num_chunks, owner=self.owner,
+        )
+        try:
+            self._submit(record, spec)
+        except Exception:
+            self.files.remove(job_id)
+            raise
+        self.store.insert(record)
+        return record
+
+    def _prepare(self, job_id: str, settings: dict, uploads: dict[str, bytes]) -> RequestSpec:
+        try:
+            for name, data in uploads.items():
+                self.files.input(job_id, name).write_bytes(data)
+            return self._spec(job_id, settings)
+        except ValueError as exc:
+            self.files.remove(job_id)
+            raise InvalidRequestError(str(exc)) from exc
+
+    def _spec(self, job_id: str, settings: dict) -> RequestSpec:
+        """The engine spec of a job, from its stored settings and input files (also on resume)."""
+        params = VideoSamplingParams.from_fields(settings)
+        image, video = self.files.input(job_id, "image"), self.files.input(job_id, "video")
+        if image.exists():
+            params = params.with_updates(image=read_image_bytes(image.read_bytes(), "input_reference"))
+        if video.exists():
+            frames = read_video(video, "video_reference")
+            if len(frames) < 33:
+                raise ValueError(f"video_reference needs at least 33 frames (one chunk), got {len(frames)}")
+            params = params.with_updates(video=frames)
+        return dataclasses.replace(self.engine.resolve(settings["prompt"], params), resumable=True)
+
+    def _submit(self, record: JobRecord, spec: RequestSpec) -> None:
+        """Raises QueueFullError, or InvalidRequestError for a request the engine cannot take."""
+        realtime_fps = record.fps if record.request.get("realtime") else None
+        try:
+            handle = self.engine.add_request(spec, record.id, record.request.get("priority", 0), realtime_fps)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from exc
+        self._handles[record.id] = handle
+        self._tasks[record.id] = asyncio.create_task(self._run(record, handle, spec.start_chunk))
+
+    # -- running -----------------------------------------------------------------------------------
+    async def _run(self, record: JobRecord, handle, start_chunk: int) -> None:
+        job_id, metrics = record.id, self.metrics
+        sink = ChunkSink(self.files, job_id, record.fps, record.num_frames)
+        submitted = last_chunk_time = time.monotonic()
+        timings = dict(record.timings)
+        try:
+            async for chunk in self.engine.chunks(handle):
+                now = time.monotonic()
+                if chunk.chunk_index == start_chunk == 0:
+                    timings["time_to_first_chunk_s"] = now - submitted
+                    metrics.ttfc_seconds.observe(now - submitted)
+                else:
+                    metrics.chunk_seconds.observe(now - last_chunk_time)
+                metrics.realtime_factor.observe(len(chunk.frames) / max(now - last_chunk_time, 1e-6) / record.fps)
+                last_chunk_time = now
+                await asyncio.to_thread(sink.write, chunk)
+                metrics.frames.inc(len(chunk.frames))
+                self.store.update(job_id, status=JobStatus.IN_PROGRESS, chunks_completed=chunk.chunk_index + 1,
+                                  progress=self._percent(handle.progress()), timings=timings)
+                self._publish(job_id, ChunkReady(chunk.chunk_index, len(chunk.frames), record.total_chunks))
+            timings["inference_time_s"] = time.monotonic() - submitted + timings.get("inference_time_s", 0.0)
+            if (queued := handle.progress().queue_time_s) is not None:
+                timings.setdefault("queue_time_s", queued)
+            now = int(time.time())
+            self.store.update(job_id, status=JobStatus.COMPLETED, progress=100, completed_at=now,
+                              expires_at=now + int(self.retention_s), timings=timings)
+            metrics.completed.inc()
+            self._publish(job_id, JobEnded(JobStatus.COMPLETED))
+        except RequestCancelledError as exc:
+            metrics.cancelled.inc()
+            if handle.progress().status is RequestStatus.FINISHED_TIMEOUT:
+                self._fail(job_id, "timeout", str(exc))
+        except RequestFailedError as exc:
+            metrics.failed.inc()
+            self._fail(job_id, "generation_failed", str(handle.progress().error or exc))
+        except Exception as exc:  # noqa: BLE001 - a job's failure must not take the server down
+            logger.exception("job %s failed", job_id)
+            metrics.failed.inc()
+            self._fail(job_id, "internal_error", f"{type(exc).__name__} while writing the video")
+        finally:
+            self._handles.pop(job_id, None)
+            self._tasks.pop(job_id, None)
+
+    def _fail(self, job_id: str, code: str, message: str) -> None:
+        if self.store.get(job_id) is None:
+            return  # deleted meanwhile
+        now = int(time.time())
+        self.store.update(job_id, status=JobStatus.FAILED, error_code=code, error_message=message, completed_at=now,
+                          expires_at=now + int(self.retention_s))
+        self._publish(job_id, JobEnded(JobStatus.FAILED, code, message))
+
+    # -- reading -----------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id) if job_id.startswith("video_") else None
+        if record is None:
+            raise JobNotFoundError(f"no video with id {job_id!r}")
+        return record
+
+    @staticmethod
+    def _percent(progress) -> int:
+        return min(99, int(100 * progress.fraction_done))
+
+    def current(self, record: JobRecord) -> tuple[JobStatus, int]:
+        """(status, percent done): while the engine runs the job, read live from its handle."""
+        handle = self._handles.get(record.id)
+        if handle is None or record.status not in ACTIVE_STATUSES:
+            return record.status, record.progress
+        progress = handle.progress()
+        status = JobStatus.IN_PROGRESS if progress.status is RequestStatus.RUNNING else record.status
+        return status, max(record.progress, self._percent(progress))
+
+    def live_progress(self, job_id: str) -> int | None:
+        """Percent done while the engine has the job, else None."""
+        handle = self._handles.get(job_id)
+        return self._percent(handle.progress()) if handle is not None else None
+
+    # -- events ------------------------------------------------------------------------------------
+    def subscribe(self, job_id: str) -> asyncio.Queue[JobEvent]:
+        queue: asyncio.Queue = asyncio.Queue()
+        self._listeners.setdefault(job_id, set()).add(queue)
+        return queue
+
+    def unsubscribe(self, job_id: str, queue: asyncio.Queue) -> None:
+        listeners = self._listeners.get(job_id)
+        if listeners is not None:
+            listeners.discard(queue)
+            if not listeners:
+                del self._listeners[job_id]
+
+    def _publish(self, job_id: str, event: JobEvent) -> None:
+        for queue in self._listeners.get(job_id, ()):
+            queue.put_nowait(event)
+
+    async def wait_final(self, job_id: str) -> JobRecord:
+        """The job's record once it is completed or failed (or JobNotFoundError if deleted)."""
+        events = self.subscribe(job_id)
+        try:
+            while not (record := self.get(job_id)).status.is_final:
+                try:
+                    await asyncio.wait_for(events.get(), timeout=1.0)
+                except asyncio.TimeoutError:
+                    continue
+            return record
+        finally:
+            self.unsubscribe(job_id, events)
+
+    # -- deleting, resuming, expiring --------------------------------------------------------------
+    async def delete(self, job_id: str) -> None:
+        self.get(job_id)
+        if job_id in self._handles:
+            self.engine.abort(job_id)  # the engine frees the slot at its next step
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.wait([task], timeout=10)
+        self.store.delete(job_id)
+        self.files.remove(job_id)
+        self._publish(job_id, JobEnded(JobStatus.FAILED, CANCELLED, "the video was deleted"))
+
+    def resume_interrupted(self) -> list[str]:
+        """Restart the jobs a crash or restart interrupted, each from its last completed chunk."""
+        return [record.id for record in self.store.with_status(ACTIVE_STATUSES) if self._resume(record)]
+
+    def adopt(self, job_ids: list[str], previous_owner: str) -> list[str]:
+        """Take over unfinished jobs of a replica that died, each from its last completed chunk."""
+        adopted = []
+        for job_id in job_ids:
+            record = self.store.get(job_id)
+            if record is None or record.status not in ACTIVE_STATUSES:
+                continue
+            if self.store.claim(job_id, previous_owner, self.owner) and self._resume(record):
+                adopted.append(job_id)
+        return adopted
+
+    def _resume(self, record: JobRecord) -> bool:
+        snapshot = self.files.snapshot(record.id)
+        try:
+            spec = self._spec(record.id, record.request)
+            if snapshot.exists():
+                spec = self.engine.resumed(spec, str(snapshot))
+            self._submit(record, spec)
+            logger.info("resuming %s after %d of %d chunks", record.id, spec.start_chunk, record.total_chunks)
+            return True
+        except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others resuming
+            logger.warning("cannot resume %s: %s", record.id, exc)
+            self._fail(record.id, "resume_failed", f"could not resume after a restart: {exc}")
+            return False
+
+    def delete_expired(self) -> int:
+        expired = self.store.expired(int(time.time()))
+        for job_id in expired:
+            if job_id not in self._handles:
+                self.store.delete(job_id)
+                self.files.remove(job_id)
+        return len(expired)
