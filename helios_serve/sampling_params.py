@@ -78,8 +78,9 @@ class VideoSamplingParams:
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> VideoSamplingParams:
-        """Checked and coerced values of the wire fields in ``fields`` (others are ignored);
-        raises InvalidRequestError (a ValueError) naming the first bad one."""
+        """The wire fields in ``fields`` coerced to their types (strings as engines send them;
+        others are ignored); raises InvalidRequestError (a ValueError) naming the first that
+        cannot be. Ranges are checked by ``resolve`` (``check_ranges``)."""
         given = {name: fields[name] for name in WIRE_FIELDS if fields.get(name) is not None}
         try:
             checked = sampling_fields_model().model_validate(given)
@@ -115,13 +116,13 @@ class VideoSamplingParams:
             if value is None:
                 continue
             if meta["choices"] and value not in meta["choices"]:
-                raise ValueError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+                raise InvalidRequestError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}", name)
             for item in (value if isinstance(value, (tuple, list)) else (value,)):
                 measure = len(item) if isinstance(item, str) else item
                 low = 0 if isinstance(item, str) else meta["low"]
                 if (low is not None and measure < low) or (meta["high"] is not None and measure > meta["high"]):
                     unit = " characters" if isinstance(item, str) else ""
-                    raise ValueError(f"{name} must be from {low} to {meta['high']}{unit}, got {value!r}")
+                    raise InvalidRequestError(f"{name} must be from {low} to {meta['high']}{unit}, got {value!r}", name)
 
     def resolve(self, prompt: str, variant: ModelVariant, has_vae: bool) -> RequestSpec:
         """Fill defaults from the variant and validate; raises ValueError naming the bad field."""
@@ -190,11 +191,13 @@ def _not_bool(value):
     return value
 
 
-def pydantic_field(name: str, default=None):
+def pydantic_field(name: str, default=None, ranges: bool = True):
     """(annotation, FieldInfo) of a wire field for a pydantic model: optional, with the schema's
-    range, choices and help text (the HTTP body and the coercion of engine requests use it)."""
+    type, choices, help text and (``ranges``) range. The HTTP body checks ranges as it parses;
+    ``from_fields`` only coerces, leaving ranges to ``check_ranges``."""
     meta = FIELDS[name].metadata
-    kind, low, high = meta["kind"], meta["low"], meta["high"]
+    kind = meta["kind"]
+    low, high = (meta["low"], meta["high"]) if ranges else (None, None)
     if meta["choices"]:
         value = Literal[meta["choices"]]
     elif kind is str:
@@ -211,8 +214,8 @@ def pydantic_field(name: str, default=None):
 
 @cache
 def sampling_fields_model() -> type[BaseModel]:
-    """A pydantic model of every wire field (all optional): lax coercion of strings as engines send them."""
-    fields = {name: pydantic_field(name) for name in WIRE_FIELDS}
+    """A pydantic model of every wire field (all optional, unbounded): lax coercion of strings as engines send them."""
+    fields = {name: pydantic_field(name, ranges=False) for name in WIRE_FIELDS}
     return create_model("SamplingFields", __config__=ConfigDict(extra="ignore"), **fields)
 
 

@@ -80,8 +80,8 @@ def test_a_body_without_a_seed_gets_its_own():
 def test_from_fields_names_the_bad_field():
     with pytest.raises(InvalidRequestError, match="num_frames has an invalid value"):
         VideoSamplingParams.from_fields({"num_frames": "many"})
-    with pytest.raises(InvalidRequestError, match="guidance_scale") as caught:
-        VideoSamplingParams.from_fields({"guidance_scale": 99})
+    with pytest.raises(InvalidRequestError, match="guidance_scale must be from 0 to 50") as caught:
+        VideoSamplingParams.from_fields({"guidance_scale": "99"}).check_ranges()
     assert caught.value.param == "guidance_scale"
 
 
