@@ -26,7 +26,6 @@ It prints a table and writes every figure to one JSON file.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -166,7 +165,9 @@ class Check:
         """The kernel the default SDPA dispatch runs for the model's self-attention layout."""
         from torch.profiler import ProfilerActivity, profile
 
-        from helios_serve.model_executor.layers.attention import scaled_dot_product
+        from helios_serve.model_executor.layers.attention_backends import attention_function
+
+        scaled_dot_product = attention_function("sdpa")
 
         torch = self.torch
         width = heads * head_dim
@@ -240,8 +241,7 @@ class Check:
         return 2 * numel / ms / 1e6
 
     def dit(self) -> dict:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
+        from helios_serve.model_executor.layers.attention_backends import Capabilities, choose_backend
         from helios_serve.sampling_params import VideoSamplingParams
 
         torch = self.torch
@@ -255,31 +255,32 @@ class Check:
         runner.procedure.begin_chunk(state)
         gemm = self.gemm_tflops()
         stages = []
-        backends = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                    "efficient": SDPBackend.EFFICIENT_ATTENTION}
+        transformer, chosen = runner.transformer, runner.attention_backend  # --attention-backend auto's pick
+        capabilities = Capabilities.probe(self.device)
         with torch.inference_mode():
             for stage, stage_tokens in enumerate(tokens):
                 flops = runner.forward_flops(state)
                 entry = {"stage": stage, "tokens": stage_tokens, "latents": list(state.latents.shape[-2:]),
                          "tflop": flops / 1e12, "backends": {}}
+                transformer.use_attention("sdpa")
                 reference = runner.forward([state])[0][0]
-                for name, backend in backends.items():
+                for name in ("sdpa", "flash", "cudnn", "fa3"):  # each attention backend, the same forward
                     try:
-                        with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
-                            ms = self.time_ms(lambda: runner.forward([state]))
-                            out = runner.forward([state])[0][0]
+                        transformer.use_attention(choose_backend(name, capabilities, self.dtype))
+                        ms = self.time_ms(lambda: runner.forward([state]))
+                        out = runner.forward([state])[0][0]
                         error = ((out.float() - reference.float()).norm() / reference.float().norm()).item()
                         entry["backends"][name] = {"ms": ms, "tflop_per_s": flops / ms / 1e9, "rel_error": error}
-                    except RuntimeError as exc:
+                    except (RuntimeError, ValueError) as exc:
                         entry["backends"][name] = {"error": str(exc).splitlines()[0][:200]}
-                default = entry["backends"]["default"]
-                entry.update(ms=default["ms"], tflop_per_s=default["tflop_per_s"],
-                             mfu=default["tflop_per_s"] / gemm)
+                transformer.use_attention(chosen)
+                used = entry["backends"][chosen]
+                entry.update(ms=used["ms"], tflop_per_s=used["tflop_per_s"], mfu=used["tflop_per_s"] / gemm)
                 stages.append(entry)
                 runner.procedure.apply_model_output(state, runner.forward([state])[0])
                 if stage + 1 < len(tokens):
                     runner.procedure.next_stage(state)
-        return {"gemm_tflop_per_s": gemm, "stages": stages,
+        return {"gemm_tflop_per_s": gemm, "attention_backend": chosen, "stages": stages,
                 "chunk_ms": sum(s["ms"] for s in stages), "chunk_tflop": sum(s["tflop"] for s in stages)}
 
     def vae(self) -> dict:
@@ -296,17 +297,22 @@ class Check:
         else:
             config, latent = {}, (1, 16, 9, 48, 80)  # the Wan-2.1 VAE; one chunk at 384x640
 
-        def decode_ms(dtype) -> float:
-            torch.manual_seed(0)
-            vae = AutoencoderKLWan(**config).to(self.device, dtype).eval()
-            z = torch.randn(latent, device=self.device, dtype=dtype)
-            with torch.inference_mode():
-                return self.time_ms(lambda: vae.decode(z, return_dict=False)[0], repeats=min(self.repeats, 3))
+        from helios_serve.model_executor.models.vae import WanVAE
 
-        results = {"latents": list(latent), "fp32": {"ms": decode_ms(torch.float32)},
-                   "bf16": {"ms": decode_ms(torch.bfloat16)}}
-        results["bf16_speedup"] = results["fp32"]["ms"] / results["bf16"]["ms"]
-        return results
+        z = torch.randn(latent, generator=torch.Generator().manual_seed(0)).to(self.device)
+
+        def decode(dtype) -> tuple[float, object]:
+            """(ms, uint8 frames) of our WanVAE decoding in ``dtype`` (--vae-dtype)."""
+            torch.manual_seed(0)
+            vae = WanVAE(AutoencoderKLWan(**config).to(self.device).eval(), decode_dtype=dtype)
+            ms = self.time_ms(lambda: vae.decode(z), repeats=min(self.repeats, 3))
+            return ms, vae.decode_frames(z).float()
+
+        (fp32_ms, fp32), (bf16_ms, bf16) = decode(torch.float32), decode(torch.bfloat16)
+        mse = float(((fp32 - bf16) ** 2).mean())
+        psnr = float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+        return {"latents": list(latent), "fp32": {"ms": fp32_ms}, "bf16": {"ms": bf16_ms},
+                "bf16_speedup": fp32_ms / bf16_ms, "bf16_psnr_db": psnr}
 
     def engine(self) -> dict:
         from helios_serve import VideoSamplingParams
@@ -463,6 +469,7 @@ def render(report: dict) -> str:
                             f"{k['gb_per_s']:.0f} GB/s ({k['fraction_of_copy']:.0%} of copy)")
         elif name == "dit":
             row("bf16 GEMM", f"{result['gemm_tflop_per_s']:.3g} TFLOP/s")
+            row("attention backend (auto)", result["attention_backend"])
             for stage in result["stages"]:
                 others = "  ".join(f"{b} {v['ms']:.1f}" if "ms" in v else f"{b} n/a" for b, v in stage["backends"].items())
                 row(f"stage {stage['stage']} ({stage['tokens']} tokens)",
@@ -473,7 +480,8 @@ def render(report: dict) -> str:
                 row("skipped", result["skipped"])
             else:
                 row("decode one chunk fp32 / bf16", f"{result['fp32']['ms']:.1f} / {result['bf16']['ms']:.1f} ms "
-                                                   f"(x{result['bf16_speedup']:.2f})")
+                                                   f"(x{result['bf16_speedup']:.2f}), bf16 PSNR "
+                                                   f"{result['bf16_psnr_db']:.1f} dB")
         elif name == "engine":
             row(f"{result['model']} {result['steps']} {result['size']}",
                 f"{result['steady_seconds_per_chunk']:.3f} s/chunk, {result['steady_fps']:.1f} frames/s "

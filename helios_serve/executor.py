@@ -26,6 +26,10 @@ class UniprocExecutor:
         return self.runner.transformer.config.patch_size
 
     @property
+    def attention_backend(self) -> str:
+        return self.runner.attention_backend
+
+    @property
     def device_and_dtype(self):
         """The transformer's torch device and compute dtype."""
         return self.runner.device, self.runner.dtype

@@ -127,7 +127,7 @@ def default_batch_invariance(device, batch_invariant: bool | None) -> bool:
 
 def load_transformer(
     path, dtype: torch.dtype = torch.bfloat16, device="cpu", batch_invariant: bool | None = None,
-    kernels: str | None = None,
+    kernels: str | None = None, attention: str = "sdpa",
 ) -> HeliosTransformer:
     from .layers.ops import default_backend
 
@@ -135,7 +135,7 @@ def load_transformer(
     config = HeliosTransformerConfig.from_json_file(folder / CONFIG_NAME)
     with torch.device("meta"):
         model = HeliosTransformer(config, default_batch_invariance(device, batch_invariant),
-                                  kernels or default_backend(device))
+                                  kernels or default_backend(device), attention)
     expected = checkpoint_shapes(model)
     files = _checkpoint_files(folder)
     missing, unexpected = set(expected) - set(files), set(files) - set(expected)

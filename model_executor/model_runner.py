@@ -20,6 +20,7 @@ from .conditioning import initial_history
 from .cost_model import forward_token_counts, transformer_flops
 from .device import to_device, to_host
 from .models.helios_transformer import HeliosTransformer
+from .layers.attention_backends import Capabilities, choose_backend
 from .models.vae import PreviewDecoder, WanVAE
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
 from .resume import ResumeSnapshot, load_snapshot
@@ -40,6 +41,8 @@ class ModelRunner:
         self.config = config
         self.device = config.resolved_device()
         self.dtype = config.resolved_dtype()
+        self.attention_backend = choose_backend(config.attention_backend, Capabilities.probe(self.device), self.dtype)
+        logger.info("attention backend: %s (asked for %s)", self.attention_backend, config.attention_backend)
         self.variant, self.transformer, self.text_encoder, self.vae = self._load(config)
         preview = PreviewDecoder.fit(self.vae) if self.vae is not None else self._tiny_preview()
         self.preview = preview.to(self.device)
@@ -55,23 +58,27 @@ class ModelRunner:
             from .models.tiny import tiny_text_encoder, tiny_variant
 
             transformer = HeliosTransformer.from_preset(
-                "helios-tiny", dtype=self.dtype, device=self.device, kernels=config.kernels
+                "helios-tiny", dtype=self.dtype, device=self.device, kernels=config.kernels,
+                attention=self.attention_backend,
             )
             text_encoder = tiny_text_encoder(self.device, self.dtype, config.text_cache_size)
             return tiny_variant(location), transformer, text_encoder, None
         if location == RANDOM_MODEL:
             from .models.random_model import load_random_distilled
 
-            return load_random_distilled(self.device, self.dtype, config.kernels, config.text_cache_size)
+            return load_random_distilled(self.device, self.dtype, config.kernels, config.text_cache_size,
+                                         getattr(torch, config.vae_dtype), self.attention_backend)
         from .models.text_encoder import TextEncoder
 
         root = Path(location)
         variant = read_variant(root)
         transformer = HeliosTransformer.from_pretrained(
-            root / "transformer", dtype=self.dtype, device=self.device, kernels=config.kernels
+            root / "transformer", dtype=self.dtype, device=self.device, kernels=config.kernels,
+            attention=self.attention_backend,
         )
         text_encoder = TextEncoder.from_pretrained(root, self.device, self.dtype, cache_size=config.text_cache_size)
-        vae = WanVAE.from_pretrained(root / "vae", self.device)  # the VAE runs in fp32 (spec §4.6)
+        # The reference VAE runs in fp32 (spec §4.6); the decode may be bf16 (config.vae_dtype).
+        vae = WanVAE.from_pretrained(root / "vae", self.device, getattr(torch, config.vae_dtype))
         logger.info("loaded %s (%s variant) from %s", config.model, variant.name, root)
         return variant, transformer, text_encoder, vae
 

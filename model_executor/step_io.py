@@ -45,6 +45,12 @@ class RunnerConfig:
     text_cache_size: int = setting(64, "prompt embeddings kept for reuse (an LRU cache)")
     kernels: str | None = setting(None, "elementwise kernels of the transformer (default: triton on CUDA when "
                                         "installed, else native)", choices=("triton", "native"))
+    attention_backend: str = setting(
+        "auto", "attention kernel: auto picks cuDNN attention on Hopper when its cuDNN is 9.16 or newer, else "
+                "FlashAttention 3 when installed, else FlashAttention 2 on CUDA, PyTorch's dispatch elsewhere",
+        choices=("auto", "sdpa", "flash", "cudnn", "fa3"))
+    vae_dtype: str = setting("float32", "dtype of the VAE decode (the encode of image and video inputs is always "
+                                        "float32)", choices=("float32", "bfloat16"))
 
     def resolved_device(self):
         import torch

@@ -119,6 +119,9 @@ def test_models_health_ready_metrics(server):
     values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("helios_")}
     assert values["helios_model_flops_total"] > 0  # the warm-up ran forwards
     assert values["helios_device_peak_flops"] > 1e9  # measured on this CPU
+    # The attention kernel auto picked on a CPU is PyTorch's dispatch, said in both places.
+    assert ready.json()["attention_backend"] == "sdpa"
+    assert values['helios_attention_backend_info{backend="sdpa"}'] == 1
 
 
 def test_jobs_without_a_seed_get_their_own(server):

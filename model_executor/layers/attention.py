@@ -8,20 +8,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from .attention_backends import attention_function
 from .linear import Linear
 from .norm import RMSNorm
 from .rotary import RotaryTable
 
 # Upper bound of the learnable history-key gain (spec §2.7).
 MAX_HISTORY_KEY_SCALE = 10.0
-
-
-def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Unmasked attention over [B, N, heads, head_dim] inputs; returns [B, N, heads * head_dim]."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2).flatten(2)
 
 
 class SelfAttention(nn.Module):
@@ -34,6 +28,8 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.ops = ops
+        self.attend = attention_function("sdpa")
+        """The attention kernel (layers/attention_backends.py); HeliosTransformer.use_attention sets it."""
         self.to_qkv = Linear(dim, 3 * dim, batch_invariant)
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
@@ -49,7 +45,7 @@ class SelfAttention(nn.Module):
         v = v.unflatten(-1, (self.num_heads, -1))
         if self.history_key_scale is not None and num_history > 0:
             k = self._amplify_history_keys(k, num_history)
-        return self.to_out(scaled_dot_product(q, k, v).type_as(q))
+        return self.to_out(self.attend(q, k, v).type_as(q))
 
     def _amplify_history_keys(self, k: torch.Tensor, num_history: int) -> torch.Tensor:
         # Gain in (1, MAX): history keys get sharper attention logits, per head.
@@ -65,6 +61,7 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float, batch_invariant: bool):
         super().__init__()
         self.num_heads = num_heads
+        self.attend = attention_function("sdpa")
         self.to_q = Linear(dim, dim, batch_invariant)
         self.to_kv = Linear(dim, 2 * dim, batch_invariant)
         self.norm_q = RMSNorm(dim, eps)
@@ -76,4 +73,4 @@ class CrossAttention(nn.Module):
         k, v = self.to_kv(text).chunk(2, dim=-1)
         k = self.norm_k(k).unflatten(-1, (self.num_heads, -1))
         v = v.unflatten(-1, (self.num_heads, -1))
-        return self.to_out(scaled_dot_product(q, k, v).type_as(q))
+        return self.to_out(self.attend(q, k, v).type_as(q))

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from ..config import HeliosTransformerConfig
 from ..layers.attention import CrossAttention, SelfAttention
+from ..layers.attention_backends import attention_function
 from ..layers.embeddings import TextProjection, TimeEmbedding
 from ..layers.linear import Linear, gelu_tanh
 from ..layers.norm import AffineLayerNorm, SegmentParams
@@ -93,10 +94,12 @@ class HeliosBlock(nn.Module):
 
 
 class HeliosTransformer(nn.Module):
-    def __init__(self, config: HeliosTransformerConfig, batch_invariant: bool = False, kernels: str = "native"):
+    def __init__(self, config: HeliosTransformerConfig, batch_invariant: bool = False, kernels: str = "native",
+                 attention: str = "sdpa"):
         """``batch_invariant``: a sample's output is bitwise independent of its batch mates
         (per-sample GEMMs; see layers/linear.py). Loaders turn it on for CPU devices.
-        ``kernels``: "native" (PyTorch) or "triton" (fused kernels) for the elementwise paths."""
+        ``kernels``: "native" (PyTorch) or "triton" (fused kernels) for the elementwise paths.
+        ``attention``: the attention kernel, a resolved backend of layers/attention_backends.py."""
         super().__init__()
         self.config = config
         self.ops = make_ops(kernels)
@@ -110,6 +113,16 @@ class HeliosTransformer(nn.Module):
         self.blocks = nn.ModuleList([HeliosBlock(config, invariant, self.ops) for _ in range(config.num_layers)])
         self.output_scale_shift_table = nn.Parameter(torch.empty(1, 2, dim))
         self.proj_out = Linear(dim, config.out_channels * math.prod(patch), invariant)
+        self.use_attention(attention)
+
+    def use_attention(self, backend: str) -> None:
+        """Run every attention (self and cross) with ``backend``'s kernel (a resolved backend of
+        layers/attention_backends.py). Set at construction from config; gpu_check compares them."""
+        attend = attention_function(backend)
+        for module in self.modules():
+            if isinstance(module, (SelfAttention, CrossAttention)):
+                module.attend = attend
+        self.attention_backend = backend
 
     # Loading (see model_executor/loader.py) consults these.
     fp32_parameter_patterns = ("time_embedding.linear_", "scale_shift_table", "norm2.", "history_key_scale")
@@ -117,7 +130,7 @@ class HeliosTransformer(nn.Module):
     @classmethod
     def from_pretrained(
         cls, path, dtype: torch.dtype = torch.bfloat16, device="cpu", batch_invariant: bool | None = None,
-        kernels: str | None = None,
+        kernels: str | None = None, attention: str = "sdpa",
     ) -> HeliosTransformer:
         """Load a diffusers-format transformer folder (config.json + safetensors).
 
@@ -126,12 +139,13 @@ class HeliosTransformer(nn.Module):
         """
         from ..loader import load_transformer
 
-        return load_transformer(path, dtype=dtype, device=device, batch_invariant=batch_invariant, kernels=kernels)
+        return load_transformer(path, dtype=dtype, device=device, batch_invariant=batch_invariant, kernels=kernels,
+                                attention=attention)
 
     @classmethod
     def from_preset(
         cls, name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device="cpu", batch_invariant=None,
-        kernels: str | None = None, draw_on_device: bool = False,
+        kernels: str | None = None, draw_on_device: bool = False, attention: str = "sdpa",
     ) -> HeliosTransformer:
         """A preset ("helios-tiny", "helios-14b") with deterministic random weights (drawn on the
         CPU, or on ``device`` with ``draw_on_device``: see ``loader.random_init``)."""
@@ -142,7 +156,7 @@ class HeliosTransformer(nn.Module):
         # Built on the meta device first: no time is spent on a default init that is overwritten.
         with torch.device("meta"):
             model = cls(get_preset(name), default_batch_invariance(device, batch_invariant),
-                        kernels or default_backend(device))
+                        kernels or default_backend(device), attention)
         random_init(model, seed, dtype, device, draw_on_device)
         return model.eval()
 

@@ -114,7 +114,8 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
     @app.get("/ready")
     async def ready():
         if state.ready:
-            return {"status": "ready", "model": config.model.model, "warmup_seconds": round(state.warmup_seconds, 3)}
+            return {"status": "ready", "model": config.model.model, "warmup_seconds": round(state.warmup_seconds, 3),
+                    "attention_backend": state.engine.core.executor.attention_backend}
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 

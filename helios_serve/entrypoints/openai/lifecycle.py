@@ -26,6 +26,7 @@ async def load_engine(state) -> None:
     try:
         engine = await asyncio.to_thread(AsyncHeliosEngine, model_config=config.model, engine_config=config.engine)
         engine.core.step_listeners.append(state.metrics.on_step)
+        state.metrics.attention_backend.labels(engine.core.executor.attention_backend).set(1)
         state.engine = engine
         state.warmup_seconds = await warm_up(engine)
         logger.info("warmed up in %.2f s", state.warmup_seconds)

@@ -44,6 +44,8 @@ class ServerMetrics:
                                 registry=registry)
         self.utilization = Gauge("helios_model_flops_utilization",
                                  "Achieved transformer FLOP/s / the device's peak (MFU)", registry=registry)
+        self.attention_backend = Gauge("helios_attention_backend_info", "The attention kernel in use (value 1)",
+                                       ["backend"], registry=registry)
 
     def set_device_peak(self, flops: float | None) -> None:
         self.device_peak = flops

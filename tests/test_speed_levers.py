@@ -1,0 +1,138 @@
+"""The speed levers of the GPU path, each proved exact (bitwise on CPU) or its error bounded,
+each chosen from config (issue "faster than the paper on one GPU")."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helios_serve.model_executor.models.vae import WanVAE
+
+BF16_DECODE_MIN_PSNR_DB = 40.0
+"""Measured 49-53 dB on tiny random Wan VAEs (base_dim 3, 8, 16); published for the released VAE
+at 384x640: 59 dB. The bound leaves room for other CPUs' bf16 convolutions."""
+
+
+def _tiny_wan_vae(decode_dtype: torch.dtype) -> WanVAE:
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    return WanVAE(vae, decode_dtype)
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def test_bf16_vae_decode_is_within_the_stated_psnr_and_encode_stays_fp32():
+    full, half = _tiny_wan_vae(torch.float32), _tiny_wan_vae(torch.bfloat16)
+    assert next(half.vae.decoder.parameters()).dtype == torch.bfloat16
+    assert next(half.vae.encoder.parameters()).dtype == torch.float32
+    latents = torch.randn(1, 16, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    reference, frames = full.decode_frames(latents), half.decode_frames(latents)
+    assert frames.dtype == torch.uint8 and frames.shape == reference.shape
+    assert not torch.equal(frames, reference)  # the decode really ran in bf16
+    assert _psnr(frames, reference) >= BF16_DECODE_MIN_PSNR_DB
+    pixels = torch.rand(1, 3, 5, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    encoded = [vae.encode(pixels, torch.Generator().manual_seed(3)) for vae in (full, half)]
+    assert torch.equal(*encoded)  # the encode is untouched: bitwise the fp32 one
+
+
+def test_vae_dtype_is_chosen_from_the_model_config(tiny_checkpoint):
+    from helios_serve.config import ModelConfig
+    from helios_serve.model_executor.model_runner import ModelRunner
+
+    _, folder = tiny_checkpoint("distilled")
+    runner = ModelRunner(ModelConfig(model=str(folder), vae_dtype="bfloat16"))
+    assert runner.vae.decode_dtype == torch.bfloat16
+    assert ModelRunner(ModelConfig(model=str(folder))).vae.decode_dtype == torch.float32
+    with pytest.raises(SystemExit):
+        from helios_serve.cli import build_parser
+
+        build_parser().parse_args(["serve", "--vae-dtype", "float16"])
+
+
+# -- attention backend --------------------------------------------------------------------------
+def _caps(**values):
+    from helios_serve.model_executor.layers.attention_backends import Capabilities
+
+    return Capabilities(**{"device_type": "cuda", "compute_capability": (9, 0), "cudnn_version": 91600,
+                           "has_fa3": False, **values})
+
+
+@pytest.mark.parametrize("capabilities, dtype, expected", [
+    (dict(), torch.bfloat16, "cudnn"),  # Hopper with cuDNN 9.16: any sequence length
+    (dict(cudnn_version=91500), torch.bfloat16, "flash"),  # 9.15 refuses lengths that are not multiples of 128
+    (dict(cudnn_version=91500, has_fa3=True), torch.bfloat16, "fa3"),
+    (dict(compute_capability=(8, 0), has_fa3=True), torch.bfloat16, "flash"),  # A100: no FA3, no cuDNN preference
+    (dict(), torch.float32, "sdpa"),  # the fused kernels want half precision
+    (dict(device_type="cpu", compute_capability=None, cudnn_version=None), torch.float32, "sdpa"),
+])
+def test_auto_picks_the_attention_backend_from_the_capabilities(capabilities, dtype, expected):
+    from helios_serve.model_executor.layers.attention_backends import choose_backend
+
+    assert choose_backend("auto", _caps(**capabilities), dtype) == expected
+
+
+@pytest.mark.parametrize("requested, capabilities, dtype, mentions", [
+    ("flash", dict(device_type="cpu"), torch.float32, "CUDA"),
+    ("cudnn", dict(), torch.float32, "bfloat16"),
+    ("fa3", dict(), torch.bfloat16, "flash_attn_interface"),
+    ("xformers", dict(), torch.bfloat16, "attention_backend must be one of"),
+])
+def test_a_backend_that_cannot_run_is_refused_by_name(requested, capabilities, dtype, mentions):
+    from helios_serve.model_executor.layers.attention_backends import choose_backend
+
+    with pytest.raises(ValueError, match=mentions):
+        choose_backend(requested, _caps(**capabilities), dtype)
+    assert choose_backend("sdpa", _caps(**capabilities), dtype) == "sdpa"  # always available
+
+
+def test_each_backend_gets_the_layout_it_needs():
+    """SDPA kernels take [B, heads, N, d] (transposed views of our [B, N, heads, d]); FA3 takes
+    [B, N, heads, d] as it is. Every backend returns [B, N, heads * d] equal to plain attention."""
+    import sys
+    import types
+
+    from helios_serve.model_executor.layers.attention_backends import attention_function
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 7, 3, 4, generator=generator) for _ in range(3))
+    weights = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q, k) / 2.0, dim=-1)
+    expected = torch.einsum("bhnm,bmhd->bnhd", weights, v).flatten(2)
+    torch.testing.assert_close(attention_function("sdpa")(q, k, v), expected)
+
+    seen = {}
+
+    def flash_attn_func(q_in, k_in, v_in):
+        seen["shapes"] = [tuple(t.shape) for t in (q_in, k_in, v_in)]
+        scores = torch.einsum("bnhd,bmhd->bhnm", q_in, k_in) / q_in.shape[-1] ** 0.5
+        return torch.einsum("bhnm,bmhd->bnhd", torch.softmax(scores, -1), v_in), None  # (out, lse)
+
+    fake = types.ModuleType("flash_attn_interface")
+    fake.flash_attn_func = flash_attn_func
+    sys.modules["flash_attn_interface"] = fake
+    try:
+        torch.testing.assert_close(attention_function("fa3")(q, k, v), expected)
+    finally:
+        del sys.modules["flash_attn_interface"]
+    assert seen["shapes"] == [(2, 7, 3, 4)] * 3
+
+
+def test_the_transformer_runs_the_configured_backend():
+    from helios_serve.config import ModelConfig
+    from helios_serve.model_executor.layers.attention import CrossAttention, SelfAttention
+    from helios_serve.model_executor.layers.attention_backends import attention_function
+    from helios_serve.model_executor.model_runner import ModelRunner
+
+    runner = ModelRunner(ModelConfig(attention_backend="auto"))
+    assert runner.attention_backend == runner.transformer.attention_backend == "sdpa"
+    modules = [m for m in runner.transformer.modules() if isinstance(m, (SelfAttention, CrossAttention))]
+    assert modules and all(m.attend is attention_function("sdpa") for m in modules)
+    with pytest.raises(ValueError, match="CUDA"):
+        ModelRunner(ModelConfig(attention_backend="cudnn"))
