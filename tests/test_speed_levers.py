@@ -136,3 +136,60 @@ def test_the_transformer_runs_the_configured_backend():
     assert modules and all(m.attend is attention_function("sdpa") for m in modules)
     with pytest.raises(ValueError, match="CUDA"):
         ModelRunner(ModelConfig(attention_backend="cudnn"))
+
+
+# -- per-forward bookkeeping --------------------------------------------------------------------
+def _reference_block(block, h, text, modulation, rotary, num_history):
+    """A Helios block as written before the bookkeeping moved out of it: the fp32 conversion of the
+    modulation and its six slices per block, the cross-attention residual joined with torch.cat."""
+    from helios_serve.model_executor.layers.norm import SegmentParams
+
+    history_mod = block.scale_shift_table + modulation.history.float()
+    noisy_mod = block.scale_shift_table + modulation.noisy.float()
+    shift1, scale1, gate1, shift2, scale2, gate2 = (
+        SegmentParams(history_mod[:, i : i + 1], noisy_mod[:, i : i + 1]) for i in range(6))
+    x = block.ops.modulated_layer_norm(h, shift1, scale1, num_history, block.eps)
+    h = block.ops.gated_residual(h, block.self_attn(x, rotary, num_history), gate1, num_history)
+    start = num_history if block.guidance_cross_attn else 0
+    queries = h[:, start:]
+    queries = queries + block.cross_attn(block.norm2(queries), text)
+    h = torch.cat([h[:, :start], queries], dim=1) if start else queries
+    x = block.ops.modulated_layer_norm(h, shift2, scale2, num_history, block.eps)
+    return block.ops.gated_residual(h, block.ffn(x), gate2, num_history)
+
+
+@pytest.mark.parametrize("kernels", ["native", "triton"])
+@pytest.mark.parametrize("guidance_cross_attn", [True, False])
+def test_blocks_are_bitwise_equal_to_the_per_block_bookkeeping(kernels, guidance_cross_attn):
+    import dataclasses
+
+    from helios_serve.model_executor.config import get_preset
+    from helios_serve.model_executor.layers.norm import SegmentParams
+    from helios_serve.model_executor.layers.rotary import rotary_table
+    from helios_serve.model_executor.loader import random_init
+    from helios_serve.model_executor.models.helios_transformer import HeliosBlock, HeliosTransformer
+
+    config = dataclasses.replace(get_preset("helios-tiny"), num_layers=1, guidance_cross_attn=guidance_cross_attn)
+    with torch.device("meta"):
+        model = HeliosTransformer(config, batch_invariant=True, kernels=kernels)
+    random_init(model, 0, torch.float32, "cpu")
+    block: HeliosBlock = model.blocks[0]
+    generator = torch.Generator().manual_seed(4)
+    batch, history, noisy, width = 3, 10, 12, config.inner_dim
+    h = torch.randn(batch, history + noisy, width, generator=generator)
+    text = torch.randn(batch, 5, width, generator=generator)
+    modulation = SegmentParams(torch.randn(1, 6, width, generator=generator),
+                               torch.randn(batch, 6, width, generator=generator))
+    rotary = rotary_table(torch.arange(history + noisy)[None], 1, 1, config.rope_dim, config.rope_theta)
+    with torch.inference_mode():
+        expected = _reference_block(block, h.clone(), text, modulation, rotary, history)
+        got = block(h.clone(), text, modulation, rotary, history)
+    assert torch.equal(got, expected)
+
+
+def test_the_row_index_is_built_once_per_geometry():
+    from helios_serve.model_executor.layers.ops import TritonOps
+
+    x = torch.zeros(2, 9, 4)
+    first, again = TritonOps._row_index(x, 4), TritonOps._row_index(x.clone(), 4)
+    assert first is again and first.tolist() == [0] * 4 + [1] * 5 + [2] * 4 + [3] * 5

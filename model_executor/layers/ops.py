@@ -6,6 +6,9 @@ of helios_serve.kernels. Modules call ``self.ops.<op>``; nothing is patched at r
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 
 from .norm import SegmentParams, gated_residual, layer_norm_fp32, modulated_layer_norm
@@ -14,6 +17,11 @@ from .rotary import RotaryTable, apply_rotary
 
 class NativeOps:
     name = "native"
+
+    def block_modulation(self, history: torch.Tensor, noisy: torch.Tensor, batch: int) -> tuple[SegmentParams, ...]:
+        """A block's six modulations (shift, scale, gate of attention, then of the FFN) from its
+        fp32 rows [B|1, 6, D] of each segment, in the form this backend's ops take."""
+        return tuple(SegmentParams(history[:, i : i + 1], noisy[:, i : i + 1]) for i in range(6))
 
     def modulated_layer_norm(self, x, shift: SegmentParams, scale: SegmentParams, num_history: int, eps: float):
         return modulated_layer_norm(x, shift, scale, num_history, eps)
@@ -31,6 +39,19 @@ class NativeOps:
         return q, k
 
 
+class ModulationTable(NamedTuple):
+    """One modulation as the Triton kernels read it: fp32 [2 * batch, D], rows (history, noisy) per sample."""
+
+    table: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _row_index(batch: int, tokens: int, num_history: int, device: torch.device) -> torch.Tensor:
+    """Built once per geometry (a function of these integers only), not four times per block."""
+    is_noisy = (torch.arange(tokens, device=device) >= num_history).to(torch.int32)
+    return (2 * torch.arange(batch, device=device, dtype=torch.int32)[:, None] + is_noisy[None]).reshape(-1)
+
+
 class TritonOps(NativeOps):
     name = "triton"
 
@@ -39,9 +60,18 @@ class TritonOps(NativeOps):
 
         self.kernels = kernels
 
+    def block_modulation(self, history, noisy, batch):
+        """All six tables of a block in one copy: [6, 2 * batch, D], each a contiguous ``_table``."""
+        width = history.shape[-1]
+        rows = torch.stack([history.expand(batch, 6, width), noisy.expand(batch, 6, width)], dim=2)
+        tables = rows.permute(1, 0, 2, 3).reshape(6, 2 * batch, width)
+        return tuple(ModulationTable(tables[i]) for i in range(6))
+
     @staticmethod
-    def _table(params: SegmentParams, batch: int) -> torch.Tensor:
+    def _table(params, batch: int) -> torch.Tensor:
         """Per-sample [history, noisy] rows as one fp32 table [2 * batch, D]."""
+        if isinstance(params, ModulationTable):
+            return params.table
         history = params.history.float().expand(batch, 1, -1)
         noisy = params.noisy.float().expand(batch, 1, -1)
         return torch.cat([history, noisy], dim=1).reshape(2 * batch, -1).contiguous()
@@ -49,9 +79,7 @@ class TritonOps(NativeOps):
     @staticmethod
     def _row_index(x: torch.Tensor, num_history: int) -> torch.Tensor:
         """Each token row's row in ``_table``: 2 b for sample b's history tokens, 2 b + 1 for its noisy ones."""
-        batch, tokens = x.shape[:2]
-        is_noisy = (torch.arange(tokens, device=x.device) >= num_history).to(torch.int32)
-        return (2 * torch.arange(batch, device=x.device, dtype=torch.int32)[:, None] + is_noisy[None]).reshape(-1)
+        return _row_index(*x.shape[:2], num_history, x.device)
 
     def modulated_layer_norm(self, x, shift, scale, num_history, eps):
         batch = x.shape[0]

@@ -71,22 +71,19 @@ class HeliosBlock(nn.Module):
         rotary: RotaryTable,
         num_history: int,
     ) -> torch.Tensor:
-        # modulation: per segment [B|1, 6, D] in the compute dtype; the table is added in fp32.
-        history_mod = self.scale_shift_table + modulation.history.float()
-        noisy_mod = self.scale_shift_table + modulation.noisy.float()
-        shift1, scale1, gate1, shift2, scale2, gate2 = (
-            SegmentParams(history_mod[:, i : i + 1], noisy_mod[:, i : i + 1]) for i in range(6)
+        # modulation: per segment [B|1, 6, D] fp32 (converted once per forward, not per block).
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ops.block_modulation(
+            self.scale_shift_table + modulation.history, self.scale_shift_table + modulation.noisy, h.shape[0]
         )
 
         # 1. Self-attention over history and noisy tokens
         x = self.ops.modulated_layer_norm(h, shift1, scale1, num_history, self.eps)
         h = self.ops.gated_residual(h, self.self_attn(x, rotary, num_history), gate1, num_history)
 
-        # 2. Cross-attention to the text; only the noisy tokens when guidance_cross_attn
-        start = num_history if self.guidance_cross_attn else 0
-        queries = h[:, start:]
-        queries = queries + self.cross_attn(self.norm2(queries), text)
-        h = torch.cat([h[:, :start], queries], dim=1) if start else queries
+        # 2. Cross-attention to the text; only the noisy tokens when guidance_cross_attn. The
+        # residual is added in place: h is this block's own fresh tensor, nothing else reads it.
+        queries = h[:, num_history:] if self.guidance_cross_attn else h
+        queries += self.cross_attn(self.norm2(queries), text)
 
         # 3. Feed-forward over all tokens
         x = self.ops.modulated_layer_norm(h, shift2, scale2, num_history, self.eps)
@@ -211,7 +208,7 @@ class HeliosTransformer(nn.Module):
         history_time = noisy_time
         if self.config.zero_history_timestep:
             history_time = self.time_embedding(torch.zeros(1, dtype=timestep.dtype, device=timestep.device), dtype)
-        modulation = SegmentParams(history_time.modulation, noisy_time.modulation)
+        modulation = SegmentParams(history_time.modulation.float(), noisy_time.modulation.float())
         text = self.text_embedding(encoder_hidden_states.to(dtype))
 
         for block in self.blocks:
