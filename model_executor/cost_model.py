@@ -73,6 +73,13 @@ def transformer_flops(config: HeliosTransformerConfig, tokens: dict[str, int], t
     return parts
 
 
+def text_context_flops(config: HeliosTransformerConfig, text_tokens: int = TEXT_TOKENS) -> int:
+    """FLOPs of one row's text projection and cross-attention keys and values (all layers):
+    what a per-prompt text cache saves per row and forward (part of ``transformer_flops``)."""
+    d = config.inner_dim
+    return 2 * text_tokens * (config.text_dim * d + d * d) + config.num_layers * 4 * text_tokens * d * d
+
+
 def transformer_parameters(config: HeliosTransformerConfig) -> int:
     d, ffn = config.inner_dim, config.ffn_dim
     patch_volume = math.prod(config.patch_size)

@@ -17,11 +17,12 @@ import torch
 
 from .checkpoint import RANDOM_MODEL, TINY_MODELS, ModelVariant, read_variant, resolve_model
 from .conditioning import initial_history
-from .cost_model import forward_token_counts, transformer_flops
+from .cost_model import forward_token_counts, text_context_flops, transformer_flops
 from .device import to_device, to_host
 from .models.helios_transformer import HeliosTransformer
 from .layers.attention_backends import Capabilities, choose_backend
 from .models.vae import PreviewDecoder, WanVAE
+from .text_kv_cache import TextKVCache
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
 from .resume import ResumeSnapshot, load_snapshot
 from .step_io import DecodedChunk, RequestSpec, RunnerConfig, StepPlan, StepResult
@@ -46,6 +47,7 @@ class ModelRunner:
         self.variant, self.transformer, self.text_encoder, self.vae = self._load(config)
         preview = PreviewDecoder.fit(self.vae) if self.vae is not None else self._tiny_preview()
         self.preview = preview.to(self.device)
+        self.text_kv = TextKVCache(self.transformer, config.text_kv_cache_mb * 2**20) if config.text_kv_cache_mb else None
         self.procedure = ChunkProcedure(self.variant, self.transformer.config.patch_size, self.dtype, self.device)
         self.requests: dict[str, RequestState] = {}
         # RoPE frame indices are the same for every forward: uploaded once, not once per step.
@@ -124,10 +126,15 @@ class ModelRunner:
         """One transformer call for every row of these requests (their next forwards must share a
         token geometry); touches no request state. Returns each request's rows."""
         rows = [(state, text) for state in states for text in self.procedure.model_rows(state)]
+        if self.text_kv is not None:
+            prompts = [prompt for state in states for prompt in self.procedure.model_row_prompts(state)]
+            text = {"text_context": self.text_kv.context(prompts, [text for _, text in rows])}
+        else:
+            text = {"encoder_hidden_states": torch.cat([text for _, text in rows])}
         velocity = self.transformer(
             hidden_states=torch.cat([s.latents.to(self.dtype) for s, _ in rows]),
             timestep=torch.stack([s.model_timesteps[s.step_index] for s, _ in rows]),
-            encoder_hidden_states=torch.cat([text for _, text in rows]),
+            **text,
             **self._history_inputs([s for s, _ in rows]),
         )
         per_request, offset = [], 0
@@ -145,7 +152,10 @@ class ModelRunner:
             tuple(terms[term].shape[2] for term in ("long", "mid", "short")),
         )
         rows = self.procedure.model_rows(state)
-        return len(rows) * transformer_flops(self.transformer.config, tokens, rows[0].shape[1])["total"]
+        flops = transformer_flops(self.transformer.config, tokens, rows[0].shape[1])
+        # With the text cache the text projection and keys/values are not recomputed per forward.
+        cached = text_context_flops(self.transformer.config, rows[0].shape[1]) if self.text_kv is not None else 0
+        return len(rows) * (flops["total"] - cached)
 
     def _history_inputs(self, states: list[RequestState]) -> dict[str, torch.Tensor]:
         inputs = {f"indices_{name}": indices for name, indices in self._indices.items()}

@@ -154,6 +154,10 @@ class ChunkProcedure:
         """Text embeddings of this step's forward rows: conditional, then unconditional with CFG."""
         return [state.text, state.negative_text] if state.spec.use_cfg else [state.text]
 
+    def model_row_prompts(self, state: RequestState) -> list[str]:
+        """The prompts ``model_rows`` encode, in the same order (what their text keys and values are cached by)."""
+        return [state.spec.prompt, state.spec.negative_prompt] if state.spec.use_cfg else [state.spec.prompt]
+
     def apply_model_output(self, state: RequestState, velocities: list[torch.Tensor]) -> None:
         """Combine the rows' velocities with guidance and take one sampler step."""
         self.sampler_step(state, self.guide(state, velocities))

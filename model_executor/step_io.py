@@ -43,6 +43,8 @@ class RunnerConfig:
     dtype: str | None = setting(None, "transformer and text-encoder dtype (default: bfloat16 on CUDA, float32 on "
                                       "CPU)", choices=("float32", "bfloat16", "float16"))
     text_cache_size: int = setting(64, "prompt embeddings kept for reuse (an LRU cache)")
+    text_kv_cache_mb: int = setting(4096, "cross-attention keys and values kept per prompt, in MiB (about 420 "
+                                          "per prompt for the 14B model; 0 turns the cache off)")
     kernels: str | None = setting(None, "elementwise kernels of the transformer (default: triton on CUDA when "
                                         "installed, else native)", choices=("triton", "native"))
     attention_backend: str = setting(

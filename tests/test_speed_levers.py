@@ -152,7 +152,7 @@ def _reference_block(block, h, text, modulation, rotary, num_history):
     h = block.ops.gated_residual(h, block.self_attn(x, rotary, num_history), gate1, num_history)
     start = num_history if block.guidance_cross_attn else 0
     queries = h[:, start:]
-    queries = queries + block.cross_attn(block.norm2(queries), text)
+    queries = queries + block.cross_attn(block.norm2(queries), block.cross_attn.text_kv(text))
     h = torch.cat([h[:, :start], queries], dim=1) if start else queries
     x = block.ops.modulated_layer_norm(h, shift2, scale2, num_history, block.eps)
     return block.ops.gated_residual(h, block.ffn(x), gate2, num_history)
@@ -183,7 +183,7 @@ def test_blocks_are_bitwise_equal_to_the_per_block_bookkeeping(kernels, guidance
     rotary = rotary_table(torch.arange(history + noisy)[None], 1, 1, config.rope_dim, config.rope_theta)
     with torch.inference_mode():
         expected = _reference_block(block, h.clone(), text, modulation, rotary, history)
-        got = block(h.clone(), text, modulation, rotary, history)
+        got = block(h.clone(), block.cross_attn.text_kv(text), modulation, rotary, history)
     assert torch.equal(got, expected)
 
 
@@ -193,3 +193,47 @@ def test_the_row_index_is_built_once_per_geometry():
     x = torch.zeros(2, 9, 4)
     first, again = TritonOps._row_index(x, 4), TritonOps._row_index(x.clone(), 4)
     assert first is again and first.tolist() == [0] * 4 + [1] * 5 + [2] * 4 + [3] * 5
+
+
+# -- per-prompt text keys and values --------------------------------------------------------------
+@pytest.mark.parametrize("model", ["helios-tiny", "helios-tiny-mid"])  # without and with CFG rows
+def test_the_text_cache_gives_bitwise_the_uncached_video_in_mixed_batches(model):
+    import numpy as np
+
+    from helios_serve import HeliosEngine, VideoSamplingParams
+    from helios_serve.config import ModelConfig
+
+    prompts = ["a fox in the snow", "a lantern", "a fox in the snow"]
+    params = [VideoSamplingParams(num_frames=66, height=64, width=64, seed=s, negative_prompt=n)
+              for s, n in ((1, ""), (2, "blurry"), (3, "blurry"))]
+    cached = HeliosEngine(model_config=ModelConfig(model=model))
+    plain = HeliosEngine(model_config=ModelConfig(model=model, text_kv_cache_mb=0))
+    assert plain.core.executor.runner.text_kv is None
+    for a, b in zip(cached.generate(prompts, params), plain.generate(prompts, params)):
+        assert np.array_equal(a.frames, b.frames)
+    cache = cached.core.executor.runner.text_kv
+    expected = {"a fox in the snow", "a lantern"} | ({"", "blurry"} if model.endswith("mid") else set())
+    assert set(cache._entries) == expected  # keyed by the prompts' text
+    assert cache.misses == len(expected) and cache.hits > 10 * cache.misses
+
+
+def test_the_text_cache_is_an_lru_bounded_in_bytes():
+    from helios_serve.model_executor.models.helios_transformer import HeliosTransformer
+    from helios_serve.model_executor.text_kv_cache import TextKVCache, context_bytes
+
+    transformer = HeliosTransformer.from_preset("helios-tiny")
+    width = transformer.config.text_dim
+    embeddings = {p: torch.randn(1, 8, width, generator=torch.Generator().manual_seed(i))
+                  for i, p in enumerate("abcd")}
+    one = context_bytes(transformer.text_context(embeddings["a"]))
+    cache = TextKVCache(transformer, max_bytes=2 * one)
+    with torch.inference_mode():
+        for prompt in "abab" + "c":  # c evicts the least recently used, a
+            cache.context([prompt], [embeddings[prompt]])
+        assert list(cache._entries) == ["b", "c"] and cache.bytes == 2 * one <= cache.max_bytes
+        batch = cache.context(["c", "b", "c"], [embeddings[p] for p in "cbc"])
+        assert batch.kv[0][0].shape[0] == 3
+        assert torch.equal(batch.kv[0][0][1:2], transformer.text_context(embeddings["b"]).kv[0][0])
+        tiny = TextKVCache(transformer, max_bytes=one - 1)  # an entry too large to keep is used, not kept
+        tiny.context(["d"], [embeddings["d"]])
+        assert not tiny._entries and tiny.bytes == 0

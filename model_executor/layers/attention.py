@@ -68,9 +68,13 @@ class CrossAttention(nn.Module):
         self.norm_k = RMSNorm(dim, eps)
         self.to_out = Linear(dim, dim, batch_invariant)
 
-    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))
+    def text_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the projected text [B, L, D]: each [B, L, heads, head_dim]. They
+        depend on the prompt only, so callers may compute them once per prompt and reuse them."""
         k, v = self.to_kv(text).chunk(2, dim=-1)
-        k = self.norm_k(k).unflatten(-1, (self.num_heads, -1))
-        v = v.unflatten(-1, (self.num_heads, -1))
-        return self.to_out(self.attend(q, k, v).type_as(q))
+        return self.norm_k(k).unflatten(-1, (self.num_heads, -1)), v.unflatten(-1, (self.num_heads, -1))
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Attention of x [B, N, D] to the text's keys and values (``text_kv``)."""
+        q = self.norm_q(self.to_q(x)).unflatten(-1, (self.num_heads, -1))
+        return self.to_out(self.attend(q, *kv).type_as(q))

@@ -35,6 +35,20 @@ class TokenTerm(NamedTuple):
     rotary: RotaryTable
 
 
+class TextContext(NamedTuple):
+    """What the blocks read of the text: each block's cross-attention keys and values,
+    [B, L, heads, head_dim] each. A function of the prompt alone (see HeliosTransformer.text_context)."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @staticmethod
+    def cat(contexts: list[TextContext]) -> TextContext:
+        """The contexts of several rows as one batch, in order."""
+        if len(contexts) == 1:
+            return contexts[0]
+        return TextContext([tuple(torch.cat(parts) for parts in zip(*pairs)) for pairs in zip(*(c.kv for c in contexts))])
+
+
 class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, batch_invariant: bool):
         super().__init__()
@@ -66,7 +80,7 @@ class HeliosBlock(nn.Module):
     def forward(
         self,
         h: torch.Tensor,
-        text: torch.Tensor,
+        text_kv: tuple[torch.Tensor, torch.Tensor],
         modulation: SegmentParams,
         rotary: RotaryTable,
         num_history: int,
@@ -83,7 +97,7 @@ class HeliosBlock(nn.Module):
         # 2. Cross-attention to the text; only the noisy tokens when guidance_cross_attn. The
         # residual is added in place: h is this block's own fresh tensor, nothing else reads it.
         queries = h[:, num_history:] if self.guidance_cross_attn else h
-        queries += self.cross_attn(self.norm2(queries), text)
+        queries += self.cross_attn(self.norm2(queries), text_kv)
 
         # 3. Feed-forward over all tokens
         x = self.ops.modulated_layer_norm(h, shift2, scale2, num_history, self.eps)
@@ -174,7 +188,7 @@ class HeliosTransformer(nn.Module):
         self,
         hidden_states: torch.Tensor,
         timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
         latents_history_short: torch.Tensor | None = None,
         latents_history_mid: torch.Tensor | None = None,
         latents_history_long: torch.Tensor | None = None,
@@ -182,11 +196,13 @@ class HeliosTransformer(nn.Module):
         indices_latents_history_short: torch.Tensor | None = None,
         indices_latents_history_mid: torch.Tensor | None = None,
         indices_latents_history_long: torch.Tensor | None = None,
+        text_context: TextContext | None = None,
     ) -> torch.Tensor:
         """Velocity prediction for the noisy chunk ``hidden_states`` [B, C, T, H, W].
 
         ``timestep`` is [B] (one per sample, int or float) or a single value for all;
-        ``encoder_hidden_states`` is [B, L, text_dim]. History latents are [B, C, t, H', W']
+        ``encoder_hidden_states`` is [B, L, text_dim], or ``text_context`` gives what the
+        blocks read of it, computed before (``text_context``). History latents are [B, C, t, H', W']
         at full latent resolution with frame indices [B|1, t] (relative RoPE positions).
         """
         batch = hidden_states.shape[0]
@@ -209,11 +225,20 @@ class HeliosTransformer(nn.Module):
         if self.config.zero_history_timestep:
             history_time = self.time_embedding(torch.zeros(1, dtype=timestep.dtype, device=timestep.device), dtype)
         modulation = SegmentParams(history_time.modulation.float(), noisy_time.modulation.float())
-        text = self.text_embedding(encoder_hidden_states.to(dtype))
+        if text_context is not None:
+            text_kv = text_context.kv
+        else:  # each block's keys and values made just before it needs them
+            text = self.text_embedding(encoder_hidden_states.to(dtype))
+            text_kv = (block.cross_attn.text_kv(text) for block in self.blocks)
 
-        for block in self.blocks:
-            h = block(h, text, modulation, rotary, num_history)
+        for block, kv in zip(self.blocks, text_kv):
+            h = block(h, kv, modulation, rotary, num_history)
         return self._output(h[:, num_history:], noisy_time.temb, hidden_states.shape)
+
+    def text_context(self, encoder_hidden_states: torch.Tensor) -> TextContext:
+        """Every block's cross-attention keys and values for text embeddings [B, L, text_dim]."""
+        text = self.text_embedding(encoder_hidden_states.to(self.compute_dtype))
+        return TextContext([block.cross_attn.text_kv(text) for block in self.blocks])
 
     @staticmethod
     def _batched_timestep(timestep, batch: int, device) -> torch.Tensor:
