@@ -37,7 +37,11 @@ class EngineConfig:
     policy: str = setting("fcfs", "ordering policy: fcfs, priority, or deadline (EDF for real-time streams)",
                           choices=("fcfs", "priority", "deadline"))
     max_encodes_per_step: int = setting(2, "prompt encodes run alongside one step's forward")
-    max_decodes_per_step: int = setting(2, "chunk decodes run alongside one step's forward")
+    max_decodes_per_step: int = setting(2, "chunk decodes started alongside one step's forward")
+    max_decodes_in_flight: int = setting(
+        2, "chunk decodes a request may have running behind its denoising (the VAE of chunk k overlaps the "
+           "next chunk's forwards; frames are bitwise those of a serial decode); 0 decodes each chunk before "
+           "the next begins")
     request_timeout_s: float | None = setting(None, "per-request time limit in seconds (default: none)",
                                               flag="--request-timeout")
     priority_aging_s: float = setting(
@@ -53,6 +57,8 @@ class EngineConfig:
         for name in ("max_waiting_requests", "max_encodes_per_step", "max_decodes_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_decodes_in_flight < 0:
+            raise ValueError(f"max_decodes_in_flight must be at least 0, got {self.max_decodes_in_flight}")
         from .core.policy import POLICIES
 
         if self.policy not in POLICIES:

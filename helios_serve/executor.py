@@ -8,10 +8,10 @@ from .model_executor.step_io import StepPlan, StepResult
 class UniprocExecutor:
     """The ModelRunner in this process (one device)."""
 
-    def __init__(self, runner_config):
+    def __init__(self, runner_config, decode_in_background: bool = False):
         from .model_executor.model_runner import ModelRunner
 
-        self.runner = ModelRunner(runner_config)
+        self.runner = ModelRunner(runner_config, decode_in_background)
 
     @property
     def variant(self):
@@ -44,6 +44,10 @@ class UniprocExecutor:
         from .model_executor.resume import load_snapshot
 
         return load_snapshot(path).chunks_done
+
+    @property
+    def pending_decodes(self) -> int:
+        return self.runner.pending_decodes
 
     def execute(self, plan: StepPlan) -> StepResult:
         return self.runner.execute(plan)

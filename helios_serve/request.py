@@ -32,6 +32,8 @@ class Phase(enum.Enum):
     DENOISE = "denoise"
     NEXT_STAGE = "next_stage"
     DECODE = "decode"
+    DRAIN = "drain"
+    """Every chunk is denoised; its last decodes are still running (no unit to schedule)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Request:
     stage_index: int = 0
     step_index: int = 0
     units_done: int = 0
+    decodes_in_flight: int = 0
+    """Chunks whose decode unit ran but whose frames have not come out yet."""
     last_served_step: int = -1
     last_served_time: float = field(default=0.0)
     admitted_time: float | None = None

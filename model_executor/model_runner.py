@@ -20,6 +20,7 @@ from .conditioning import initial_history
 from .cost_model import forward_token_counts, text_context_flops, transformer_flops
 from .device import to_device, to_host
 from .models.helios_transformer import HeliosTransformer
+from .decode_worker import DecodeWorker
 from .layers.attention_backends import Capabilities, choose_backend
 from .models.vae import PreviewDecoder, WanVAE
 from .text_kv_cache import TextKVCache
@@ -38,7 +39,9 @@ __all__ = ["ModelRunner", "ProgressMismatch", "RunnerConfig"]
 
 
 class ModelRunner:
-    def __init__(self, config: RunnerConfig):
+    def __init__(self, config: RunnerConfig, decode_in_background: bool = False):
+        """``decode_in_background``: chunk decodes run behind the next chunk's denoising
+        (decode_worker.py); a chunk then comes out of a later step than its decode unit."""
         self.config = config
         self.device = config.resolved_device()
         self.dtype = config.resolved_dtype()
@@ -50,6 +53,7 @@ class ModelRunner:
         self.text_kv = TextKVCache(self.transformer, config.text_kv_cache_mb * 2**20) if config.text_kv_cache_mb else None
         self.procedure = ChunkProcedure(self.variant, self.transformer.config.patch_size, self.dtype, self.device)
         self.requests: dict[str, RequestState] = {}
+        self.decodes = DecodeWorker(self.device, decode_in_background)
         # RoPE frame indices are the same for every forward: uploaded once, not once per step.
         self._indices = {"hidden_states": to_device(NOISY_INDICES, self.device)}
         self._indices.update({f"latents_history_{t}": to_device(i, self.device) for t, i in HISTORY_INDICES.items()})
@@ -169,22 +173,37 @@ class ModelRunner:
         ``state`` defaults to the runner's own state for the id; the runner drops its own states
         after their last chunk (a caller that owns its state keeps it).
         """
+        return self._close_chunk(request_id, state)()
+
+    def _close_chunk(self, request_id: str, state: RequestState | None = None):
+        """Record the chunk in the history (the next chunk may begin at once) and return its
+        decode, a function that reads only what is captured here."""
         owned = state is None
         state = state or self.requests[request_id]
-        chunk_index = state.chunk_index
-        # The chunk's only reads from the device: the non-finite flag, the frames, the snapshot.
-        if to_host(state.nonfinite):
-            raise ValueError("the sampler produced non-finite latents")
+        chunk_index, nonfinite = state.chunk_index, state.nonfinite
         latents = self.procedure.finish_chunk(state)
         decoder = self.vae if (state.spec.decoder == "vae" and self.vae is not None) else self.preview
-        frames = decoder.decode_frames(latents)[: state.spec.frames_in_chunk(chunk_index)]
-        snapshot = None
-        if state.spec.resumable:
-            anchor = to_host(state.anchor).clone() if state.anchor is not None else None
-            snapshot = ResumeSnapshot(state.chunk_index, to_host(state.history).clone(), anchor, state.generator.get_state())
+        num_frames = state.spec.frames_in_chunk(chunk_index)
+        resume = None
+        if state.spec.resumable:  # what the next chunk starts from, captured now
+            resume = (state.chunk_index, state.history, state.anchor, state.generator.get_state())
         if state.is_finished and owned:
             self.remove_request(request_id)
-        return DecodedChunk(request_id, chunk_index, to_host(frames).numpy(), snapshot)
+
+        def decode() -> DecodedChunk:
+            # The chunk's only reads from the device: the non-finite flag, the frames, the snapshot.
+            if to_host(nonfinite):
+                raise ValueError("the sampler produced non-finite latents")
+            frames = decoder.decode_frames(latents)[:num_frames]
+            snapshot = None
+            if resume is not None:
+                done, history, anchor, rng = resume
+                anchor = to_host(anchor).clone() if anchor is not None else None
+                snapshot = ResumeSnapshot(done, to_host(history).clone(), anchor, rng)
+            return DecodedChunk(request_id, chunk_index, to_host(frames).numpy(), snapshot)
+
+        decode.tensors = tuple(t for t in (latents, nonfinite, *(resume[1:3] if resume else ())) if t is not None)
+        return decode
 
     # -- fronts that drive their requests themselves (the SGLang and vLLM-Omni plugins) --------
     # A request's state belongs to the caller; these four calls are all it needs, in this order:
@@ -245,6 +264,7 @@ class ModelRunner:
         result = StepResult()
         for request_id in plan.free:
             self.remove_request(request_id)
+            self.decodes.drop(request_id)
         for request_id, spec in plan.encode:
             self._guarded(result, request_id, self.add_request, request_id, spec)
         for unit in ("begin_chunk", "next_stage", "denoise", "decode"):
@@ -261,11 +281,22 @@ class ModelRunner:
             result.model_flops = sum(self.forward_flops(state) for state in live)
             self._denoise_isolating_failures(denoise, result)
         for request_id in self._live(plan.decode):
-            chunk = self._guarded(result, request_id, self.finish_chunk, request_id)
-            if chunk is not None:
-                result.chunks.append(chunk)
+            decode = self._guarded(result, request_id, self._close_chunk, request_id)
+            if decode is not None:
+                self.decodes.submit(request_id, decode, decode.tensors)
+        # A step with nothing else to do waits for a decode instead of spinning.
+        for request_id, outcome in self.decodes.collect(wait=not plan.request_ids()):
+            if isinstance(outcome, Exception):
+                self._fail(result, request_id, outcome)
+            else:
+                result.chunks.append(outcome)
         result.model_seconds = time.perf_counter() - started
         return result
+
+    @property
+    def pending_decodes(self) -> int:
+        """Chunk decodes still running behind the denoising."""
+        return self.decodes.pending
 
     def _live(self, request_ids: list[str]) -> list[str]:
         """The ids whose state is still here (a failed request's state is already dropped)."""
@@ -290,6 +321,7 @@ class ModelRunner:
         logger.warning("request %s failed: %s", request_id, exc, exc_info=not isinstance(exc, ValueError))
         result.failed[request_id] = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
         self.remove_request(request_id)
+        self.decodes.drop(request_id)
 
     def _denoise_isolating_failures(self, request_ids: list[str], result: StepResult) -> None:
         states = {r: self.requests[r] for r in request_ids if r in self.requests}

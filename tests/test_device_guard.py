@@ -35,11 +35,13 @@ def meta_engine(tiny_checkpoint):
     """variant -> a HeliosEngine whose transformer, text encoder, VAE and request tensors live on meta."""
     engines = {}
 
-    def get(variant: str) -> HeliosEngine:
-        if variant not in engines:
+    def get(variant: str, max_decodes_in_flight: int = 2) -> HeliosEngine:
+        key = (variant, max_decodes_in_flight)
+        if key not in engines:
             _, folder = tiny_checkpoint(variant)
-            engines[variant] = HeliosEngine(model=str(folder), device="meta", dtype="bfloat16")
-        return engines[variant]
+            engines[key] = HeliosEngine(model=str(folder), device="meta", dtype="bfloat16",
+                                        max_decodes_in_flight=max_decodes_in_flight)
+        return engines[key]
 
     return get
 
@@ -104,10 +106,12 @@ def test_resumed_request_runs_on_a_device(meta_engine, variant, tmp_path):
     assert [c.chunk_index for c in chunks] == [1, 2]
 
 
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial-decode", "overlapped-decode"])
 @pytest.mark.parametrize("mode", MODES)
-def test_no_unit_but_the_decode_waits_for_the_device(meta_engine, mode):
-    """Host syncs per unit, counted on meta where every crossing a GPU would make is visible."""
-    engine = meta_engine("distilled")
+def test_no_unit_but_the_decode_waits_for_the_device(meta_engine, mode, overlap):
+    """Host syncs per unit, counted on meta where every crossing a GPU would make is visible.
+    With the decode overlapped, its syncs happen on the decode thread: the engine thread makes none."""
+    engine = meta_engine("distilled", max_decodes_in_flight=2 if overlap else 0)
     params = VideoSamplingParams(num_frames=66, seed=5, pyramid_num_inference_steps_list=[2, 2, 2], **SIZE,
                                  **MODES[mode])
     spec = dataclasses.replace(engine.resolve("a fox", params), resumable=True)
@@ -121,6 +125,9 @@ def test_no_unit_but_the_decode_waits_for_the_device(meta_engine, mode):
         events_by_unit.setdefault(unit, []).extend(counter.events)
     assert request.error is None
     assert events_by_unit["other"] == [], events_by_unit["other"]
+    if overlap:
+        assert events_by_unit.get("decode", []) == [], events_by_unit["decode"]
+        return
     # Per decoded chunk: the non-finite flag, the frames and the snapshot (history and anchor).
     assert len(events_by_unit["decode"]) == 2 * 4, events_by_unit["decode"]
 

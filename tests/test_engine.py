@@ -318,3 +318,74 @@ def test_callers_hold_a_handle_with_consistent_progress_readings(tmp_path):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert readings[-1].status is RequestStatus.FINISHED_COMPLETED and readings[-1].queue_time_s >= 0
     assert (resumed.start_chunk, resumed.resume_path) == (1, str(tmp_path / "fox.pt"))
+
+
+class SlowDecoder:
+    """Wraps the runner's preview decoder: each decode takes ``seconds`` and notes its thread."""
+
+    def __init__(self, inner, seconds: float):
+        self.inner, self.seconds, self.threads = inner, seconds, []
+
+    def decode_frames(self, latents):
+        import threading
+        import time
+
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.seconds)
+        return self.inner.decode_frames(latents)
+
+
+def _run_collecting(engine, requests, observe=None):
+    """Step until done; returns request id -> [(chunk index, frames)] in delivery order."""
+    core, out = engine.core, {}
+    for request_id, spec in requests:
+        core.add_request(request_id, spec)
+    while core.has_unfinished():
+        step = core.step()
+        for chunk in step.chunks:
+            out.setdefault(chunk.request_id, []).append((chunk.chunk_index, chunk.frames))
+        if observe:
+            observe(core)
+    return out
+
+
+def test_decodes_overlap_the_next_chunk_and_give_the_serial_frames():
+    from helios_serve.request import Phase
+
+    overlapped, serial = HeliosEngine(max_decodes_in_flight=2), HeliosEngine(max_decodes_in_flight=0)
+    slow = SlowDecoder(overlapped.core.executor.runner.preview, 0.3)
+    overlapped.core.executor.runner.preview = slow
+    specs = [(name, overlapped.resolve(name, VideoSamplingParams(num_frames=99, seed=s, **SMALL)))
+             for name, s in (("a fox", 1), ("a lantern", 2))]
+    busy_while_decoding, most_in_flight = [], [0]
+
+    def observe(core):
+        runner = core.executor.runner
+        requests = core.scheduler.running.values()
+        most_in_flight[0] = max([most_in_flight[0], *(r.decodes_in_flight for r in requests)])
+        if runner.pending_decodes and any(r.phase is not Phase.DRAIN for r in requests):
+            busy_while_decoding.append(True)
+
+    got = _run_collecting(overlapped, specs, observe)
+    expected = _run_collecting(serial, specs)
+    for name, _ in specs:
+        assert [k for k, _ in got[name]] == [0, 1, 2]  # in order
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got[name], expected[name]))
+    assert set(slow.threads) == {"helios-decode_0"}  # behind the denoising, on the decode thread
+    assert busy_while_decoding and 1 <= most_in_flight[0] <= 2
+
+
+def test_a_cancel_drops_its_pending_decodes():
+    engine = HeliosEngine(max_decodes_in_flight=2)
+    runner = engine.core.executor.runner
+    runner.preview = SlowDecoder(runner.preview, 0.5)
+    engine.core.add_request("doomed", engine.resolve("x", VideoSamplingParams(num_frames=330, **SMALL)))
+    delivered = []
+    while not runner.pending_decodes:
+        delivered += engine.core.step().chunks
+    engine.core.abort_request("doomed")
+    while engine.core.has_unfinished() or runner.pending_decodes:
+        delivered += engine.core.step().chunks
+    engine.core.step()  # frees the state
+    assert runner.pending_decodes == 0 and "doomed" not in runner.requests
+    assert all(c.chunk_index == 0 for c in delivered) and len(delivered) <= 1

@@ -85,7 +85,9 @@ class Scheduler:
         ready = sorted(self.running.values(), key=lambda r: self.policy.service_key(r, now))
         by_phase = {phase: [r for r in ready if r.phase is phase] for phase in Phase}
         encodes = by_phase[Phase.ENCODE][: self.config.max_encodes_per_step]
-        decodes = by_phase[Phase.DECODE][: self.config.max_decodes_per_step]
+        in_flight = max(1, self.config.max_decodes_in_flight)  # 0: serial, one decode delivered in its own step
+        decodes = [r for r in by_phase[Phase.DECODE] if r.decodes_in_flight < in_flight]
+        decodes = decodes[: self.config.max_decodes_per_step]
         denoise = self._denoise_batch(by_phase[Phase.DENOISE])
         plan.encode = [(r.request_id, r.spec) for r in encodes]
         plan.begin_chunk = [r.request_id for r in by_phase[Phase.BEGIN_CHUNK]]
@@ -144,6 +146,15 @@ class Scheduler:
                 continue
             request.units_done += 1
             self._advance(request, now)
+        for request_id, error in result.failed.items():  # a decode running behind failed
+            request = self.running.pop(request_id, None)
+            if request is not None:
+                request.status, request.error = RequestStatus.FINISHED_FAILED, error
+                self._finish(request, now)
+        for chunk in result.chunks:
+            request = self.running.get(chunk.request_id)
+            if request is not None:
+                self._delivered(request, now)
         update = SchedulerUpdate(finished=self._finished)
         self._finished = []
         return update
@@ -162,15 +173,21 @@ class Scheduler:
                 last_stage = request.stage_index == request.num_stages - 1
                 request.phase = Phase.DECODE if last_stage else Phase.NEXT_STAGE
         elif phase is Phase.DECODE:
+            # The next chunk begins at once: its decode runs behind (at most max_decodes_in_flight).
             request.chunk_index += 1
-            if request.first_chunk_time is None:
-                request.first_chunk_time = now
-            if request.chunk_index == request.spec.num_chunks:
-                del self.running[request.request_id]
-                request.status = RequestStatus.FINISHED_COMPLETED
-                self._finish(request, now)
-            else:
-                request.phase, request.stage_index = Phase.BEGIN_CHUNK, 0
+            request.decodes_in_flight += 1
+            last = request.chunk_index == request.spec.num_chunks
+            request.phase, request.stage_index = (Phase.DRAIN, request.stage_index) if last else (Phase.BEGIN_CHUNK, 0)
+
+    def _delivered(self, request: Request, now: float) -> None:
+        """One of the request's chunks came out of its decode; the last completes the request."""
+        request.decodes_in_flight -= 1
+        if request.first_chunk_time is None:
+            request.first_chunk_time = now
+        if request.phase is Phase.DRAIN and request.decodes_in_flight == 0:
+            del self.running[request.request_id]
+            request.status = RequestStatus.FINISHED_COMPLETED
+            self._finish(request, now)
 
     def _finish(self, request: Request, now: float) -> None:
         request.finished_time = now

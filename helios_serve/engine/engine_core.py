@@ -43,8 +43,9 @@ class EngineCore:
     """
 
     def __init__(self, runner_config: RunnerConfig, engine_config: EngineConfig | None = None, clock=time.monotonic):
-        self.executor = UniprocExecutor(runner_config)
-        self.config = (engine_config or EngineConfig()).resolved(self.executor.num_parameters)
+        engine_config = engine_config or EngineConfig()
+        self.executor = UniprocExecutor(runner_config, decode_in_background=engine_config.max_decodes_in_flight > 0)
+        self.config = engine_config.resolved(self.executor.num_parameters)
         self.scheduler = Scheduler(self.config, self.executor.patch_size)
         self.clock = clock
         self.stats = EngineStats()
@@ -79,7 +80,8 @@ class EngineCore:
         started = time.perf_counter()
         with self.lock:
             plan = self.scheduler.schedule(self.clock())
-        result = self.executor.execute(plan) if not plan.is_empty else StepResult()
+        busy = not plan.is_empty or self.executor.pending_decodes
+        result = self.executor.execute(plan) if busy else StepResult()
         with self.lock:
             update = self.scheduler.update_from_output(plan, result, self.clock())
             self._record(time.perf_counter() - started, result)
