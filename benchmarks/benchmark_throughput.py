@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--guidance-scale", type=float, default=None, help="> 1 adds a CFG row per request")
     parser.add_argument("--policy", default="fcfs", choices=["fcfs", "priority", "deadline"])
     parser.add_argument("--max-rows", type=int, default=None, help="rows per forward [derived from the model]")
+    parser.add_argument("--max-decodes-in-flight", type=int, default=None,
+                        help="decodes a request may run behind its denoising; 0 decodes serially [2 on CUDA, else 0]")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions of each mode; best is kept")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the figures as one JSON object")
@@ -84,7 +86,7 @@ def run_sequential(engine: HeliosEngine, prompts, params) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    options = {"policy": args.policy}
+    options = {"policy": args.policy, "max_decodes_in_flight": args.max_decodes_in_flight}
     if args.max_rows:
         options["max_rows_per_forward"] = args.max_rows
     engine = HeliosEngine(args.model, device=args.device, **options)

@@ -38,10 +38,11 @@ class EngineConfig:
                           choices=("fcfs", "priority", "deadline"))
     max_encodes_per_step: int = setting(2, "prompt encodes run alongside one step's forward")
     max_decodes_per_step: int = setting(2, "chunk decodes started alongside one step's forward")
-    max_decodes_in_flight: int = setting(
-        2, "chunk decodes a request may have running behind its denoising (the VAE of chunk k overlaps the "
-           "next chunk's forwards; frames are bitwise those of a serial decode); 0 decodes each chunk before "
-           "the next begins")
+    max_decodes_in_flight: int | None = setting(
+        None, "chunk decodes a request may have running behind its denoising (the VAE of chunk k overlaps the "
+              "next chunk's forwards; frames are bitwise those of a serial decode); 0 decodes each chunk before "
+              "the next begins (default: 2 on CUDA, 0 on a CPU, where a decode thread competes with the "
+              "forward for the same cores: measured slower)")
     request_timeout_s: float | None = setting(None, "per-request time limit in seconds (default: none)",
                                               flag="--request-timeout")
     priority_aging_s: float = setting(
@@ -57,7 +58,7 @@ class EngineConfig:
         for name in ("max_waiting_requests", "max_encodes_per_step", "max_decodes_per_step"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_decodes_in_flight < 0:
+        if self.max_decodes_in_flight is not None and self.max_decodes_in_flight < 0:
             raise ValueError(f"max_decodes_in_flight must be at least 0, got {self.max_decodes_in_flight}")
         from .core.policy import POLICIES
 
@@ -66,8 +67,9 @@ class EngineConfig:
         if self.request_timeout_s is not None and self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
 
-    def resolved(self, num_parameters: int) -> EngineConfig:
-        """Fill the budgets left as None from the model size.
+    def resolved(self, num_parameters: int, decodes_in_background: bool = False) -> EngineConfig:
+        """Fill the budgets left as None from the model size (and the decode overlap from whether
+        the executor decodes in the background).
 
         A 14B model is compute-bound at batch 1 and each stage-2 row holds ~1.2-3 GiB of
         activations (performance-model.md §3.7), so a few rows per forward; a small model
@@ -80,6 +82,8 @@ class EngineConfig:
             max_rows_per_forward=rows,
             max_tokens_per_forward=self.max_tokens_per_forward or rows * FULL_RES_TOKENS,
             max_running_requests=self.max_running_requests or (32 if large else 64),
+            max_decodes_in_flight=(2 if decodes_in_background else 0) if self.max_decodes_in_flight is None
+            else self.max_decodes_in_flight,
         )
 
 

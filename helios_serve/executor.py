@@ -8,10 +8,18 @@ from .model_executor.step_io import StepPlan, StepResult
 class UniprocExecutor:
     """The ModelRunner in this process (one device)."""
 
-    def __init__(self, runner_config, decode_in_background: bool = False):
+    def __init__(self, runner_config, decode_in_background: bool | None = None):
+        """``decode_in_background`` None: on CUDA only (on a CPU the decode thread would compete
+        with the forward for the same cores)."""
         from .model_executor.model_runner import ModelRunner
 
+        if decode_in_background is None:
+            decode_in_background = runner_config.resolved_device().type == "cuda"
         self.runner = ModelRunner(runner_config, decode_in_background)
+
+    @property
+    def decodes_in_background(self) -> bool:
+        return self.runner.decodes.background
 
     @property
     def variant(self):

@@ -85,7 +85,7 @@ class Scheduler:
         ready = sorted(self.running.values(), key=lambda r: self.policy.service_key(r, now))
         by_phase = {phase: [r for r in ready if r.phase is phase] for phase in Phase}
         encodes = by_phase[Phase.ENCODE][: self.config.max_encodes_per_step]
-        in_flight = max(1, self.config.max_decodes_in_flight)  # 0: serial, one decode delivered in its own step
+        in_flight = max(1, self.config.max_decodes_in_flight or 0)  # 0: serial, delivered in its own step
         decodes = [r for r in by_phase[Phase.DECODE] if r.decodes_in_flight < in_flight]
         decodes = decodes[: self.config.max_decodes_per_step]
         denoise = self._denoise_batch(by_phase[Phase.DENOISE])

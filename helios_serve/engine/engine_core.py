@@ -44,8 +44,9 @@ class EngineCore:
 
     def __init__(self, runner_config: RunnerConfig, engine_config: EngineConfig | None = None, clock=time.monotonic):
         engine_config = engine_config or EngineConfig()
-        self.executor = UniprocExecutor(runner_config, decode_in_background=engine_config.max_decodes_in_flight > 0)
-        self.config = engine_config.resolved(self.executor.num_parameters)
+        in_flight = engine_config.max_decodes_in_flight
+        self.executor = UniprocExecutor(runner_config, None if in_flight is None else in_flight > 0)
+        self.config = engine_config.resolved(self.executor.num_parameters, self.executor.decodes_in_background)
         self.scheduler = Scheduler(self.config, self.executor.patch_size)
         self.clock = clock
         self.stats = EngineStats()
