@@ -326,19 +326,13 @@ class Check:
         params = VideoSamplingParams(num_frames=99, seed=0, pyramid_num_inference_steps_list=steps)
         timer = UnitTimer(engine.core.executor, self.device)
         engine.core.executor = timer
-        seconds, frames = [], []
         cuda = self.device.type == "cuda"
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 if cuda:
                     torch.cuda.set_sync_debug_mode("warn")
-                last = time.perf_counter()
-                for chunk in engine.stream("a fox running through the snow", params):
-                    now = time.perf_counter()
-                    seconds.append(now - last)
-                    frames.append(len(chunk.frames))
-                    last = now
+                seconds, frames = self._chunk_times(engine, params)
                 if cuda:
                     torch.cuda.set_sync_debug_mode(0)
         finally:
@@ -355,6 +349,17 @@ class Check:
                 "host_syncs_per_unit": self._host_syncs_per_unit(steps), "paper_fps": 19.53,
                 "ok": fps >= 19.53 if cuda else None}
 
+    @staticmethod
+    def _chunk_times(engine, params) -> tuple[list[float], list[int]]:
+        """(seconds since the previous chunk, frames) of each chunk of one streamed video."""
+        seconds, frames, last = [], [], time.perf_counter()
+        for chunk in engine.stream("a fox running through the snow", params):
+            now = time.perf_counter()
+            seconds.append(now - last)
+            frames.append(len(chunk.frames))
+            last = now
+        return seconds, frames
+
     def _serial_decode_fps(self, params) -> float:
         """Steady frames/s of the same stream with each chunk decoded before the next begins
         (--max-decodes-in-flight 0): what the decode overlap gains."""
@@ -363,12 +368,7 @@ class Check:
         torch = self.torch
         serial = HeliosEngine(model=self.model, device=str(self.device), dtype="bfloat16", max_decodes_in_flight=0)
         serial.generate(["warm-up"], params.with_updates(num_frames=33, seed=1))
-        seconds, frames, last = [], [], time.perf_counter()
-        for chunk in serial.stream("a fox running through the snow", params):
-            now = time.perf_counter()
-            seconds.append(now - last)
-            frames.append(len(chunk.frames))
-            last = now
+        seconds, frames = self._chunk_times(serial, params)
         del serial
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

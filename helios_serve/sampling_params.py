@@ -191,7 +191,7 @@ def _not_bool(value):
     return value
 
 
-def pydantic_field(name: str, default=None, ranges: bool = True):
+def pydantic_field(name: str, ranges: bool = True):
     """(annotation, FieldInfo) of a wire field for a pydantic model: optional, with the schema's
     type, choices, help text and (``ranges``) range. The HTTP body checks ranges as it parses;
     ``from_fields`` only coerces, leaving ranges to ``check_ranges``."""
@@ -209,7 +209,7 @@ def pydantic_field(name: str, default=None, ranges: bool = True):
         value = Annotated[number, Field(ge=low, le=high, allow_inf_nan=False), BeforeValidator(_not_bool)]
         if kind == tuple[int, ...]:
             value = Annotated[tuple[value, ...], Field(min_length=1, max_length=8)]
-    return value | None, Field(default, description=meta["help"])
+    return value | None, Field(None, description=meta["help"])
 
 
 @cache

@@ -173,11 +173,12 @@ class ModelRunner:
         ``state`` defaults to the runner's own state for the id; the runner drops its own states
         after their last chunk (a caller that owns its state keeps it).
         """
-        return self._close_chunk(request_id, state)()
+        decode, _ = self._close_chunk(request_id, state)
+        return decode()
 
     def _close_chunk(self, request_id: str, state: RequestState | None = None):
-        """Record the chunk in the history (the next chunk may begin at once) and return its
-        decode, a function that reads only what is captured here."""
+        """Record the chunk in the history (the next chunk may begin at once). Returns its
+        decode, a function that reads only what is captured here, and the device tensors it reads."""
         owned = state is None
         state = state or self.requests[request_id]
         chunk_index, nonfinite = state.chunk_index, state.nonfinite
@@ -202,8 +203,8 @@ class ModelRunner:
                 snapshot = ResumeSnapshot(done, to_host(history).clone(), anchor, rng)
             return DecodedChunk(request_id, chunk_index, to_host(frames).numpy(), snapshot)
 
-        decode.tensors = tuple(t for t in (latents, nonfinite, *(resume[1:3] if resume else ())) if t is not None)
-        return decode
+        reads = tuple(t for t in (latents, nonfinite, *(resume[1:3] if resume else ())) if t is not None)
+        return decode, reads
 
     # -- fronts that drive their requests themselves (the SGLang and vLLM-Omni plugins) --------
     # A request's state belongs to the caller; these four calls are all it needs, in this order:
@@ -281,9 +282,9 @@ class ModelRunner:
             result.model_flops = sum(self.forward_flops(state) for state in live)
             self._denoise_isolating_failures(denoise, result)
         for request_id in self._live(plan.decode):
-            decode = self._guarded(result, request_id, self._close_chunk, request_id)
-            if decode is not None:
-                self.decodes.submit(request_id, decode, decode.tensors)
+            closed = self._guarded(result, request_id, self._close_chunk, request_id)
+            if closed is not None:
+                self.decodes.submit(request_id, *closed)
         # A step with nothing else to do waits for a decode instead of spinning.
         for request_id, outcome in self.decodes.collect(wait=not plan.request_ids()):
             if isinstance(outcome, Exception):

@@ -4,7 +4,8 @@ A job is a row in the store (its settings, status and progress), files under the
 directory (inputs, segments, snapshot, final MP4) and, while the engine has it, an engine
 handle. One asyncio task per running job consumes the engine's chunks: each is written by the
 job's ChunkSink (segment, then snapshot; after the last chunk, the final MP4), then the row is
-updated, then listeners are told, so a crash at any point leaves a consistent job that resumes from its last completed chunk.
+updated, then listeners are told, so a crash at any point leaves a consistent job that resumes
+from its last completed chunk.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import dataclasses
 import logging
 import time
 
-from ..errors import (
-    InvalidRequestError, JobNotFoundError, RequestCancelledError, RequestFailedError,
-)
+from ..errors import InvalidRequestError, JobNotFoundError, RequestCancelledError, RequestFailedError
 from ..model_executor.step_io import RequestSpec
 from ..request import RequestStatus
 from ..sampling_params import VideoSamplingParams
@@ -27,8 +26,6 @@ from .storage import JobFiles, new_job_id
 from .store import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
-CONDITIONING_FILES = ("image", "video")
-"""Uploaded inputs kept with a job (a resumed job reads them again)."""
 
 
 class JobManager:
