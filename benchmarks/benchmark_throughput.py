@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import append_record, make_record  # noqa: E402
 
 from helios_serve import HeliosEngine, VideoSamplingParams  # noqa: E402
+from helios_serve.core.policy import POLICIES  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,7 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--pyramid-steps", default=None, help="steps per stage, e.g. 2,2,2 [model default]")
     parser.add_argument("--guidance-scale", type=float, default=None, help="> 1 adds a CFG row per request")
-    parser.add_argument("--policy", default="fcfs", choices=["fcfs", "priority", "deadline"])
+    parser.add_argument("--policy", default="round-robin", choices=sorted(POLICIES),
+                        help="the batched run's policy: round-robin batches every request's steps; fcfs finishes "
+                             "them in arrival order, sharing a forward only when it is cheap [round-robin]")
     parser.add_argument("--max-rows", type=int, default=None, help="rows per forward [derived from the model]")
     parser.add_argument("--max-decodes-in-flight", type=int, default=None,
                         help="decodes a request may run behind its denoising; 0 decodes serially [2 on CUDA, else 0]")

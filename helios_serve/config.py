@@ -34,8 +34,14 @@ class EngineConfig:
     max_running_requests: int | None = setting(
         None, "requests holding device state at once, their slots (default: from the model size)")
     max_waiting_requests: int = setting(256, "queue length past which new requests are refused with 429")
-    policy: str = setting("fcfs", "ordering policy: fcfs, priority, or deadline (EDF for real-time streams)",
-                          choices=("fcfs", "priority", "deadline"))
+    policy: str = setting(
+        "fcfs", "ordering policy: fcfs finishes requests in arrival order (younger ones share a forward only when "
+                "it costs the oldest little, see --max-share-slowdown); round-robin advances every admitted request "
+                "in turn, batched; priority; deadline (EDF for real-time streams)",
+        choices=("fcfs", "round-robin", "priority", "deadline"))
+    max_share_slowdown: float = setting(
+        0.1, "fcfs policy: a younger request joins the oldest one's forward only while the cost model predicts that "
+             "forward slower by at most this fraction (0: never share)")
     max_encodes_per_step: int = setting(2, "prompt encodes run alongside one step's forward")
     max_decodes_per_step: int = setting(2, "chunk decodes started alongside one step's forward")
     max_decodes_in_flight: int | None = setting(
@@ -64,6 +70,8 @@ class EngineConfig:
 
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
+        if self.max_share_slowdown < 0:
+            raise ValueError(f"max_share_slowdown must be at least 0, got {self.max_share_slowdown}")
         if self.request_timeout_s is not None and self.request_timeout_s <= 0:
             raise ValueError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
 

@@ -46,6 +46,13 @@ class UniprocExecutor:
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.runner.transformer.parameters())
 
+    def forward_timing(self):
+        """The cost model's forward time on this device (for the scheduler's share limit)."""
+        from .hardware import forward_timing
+
+        return forward_timing(self.runner.transformer.config, self.num_parameters, self.runner.device,
+                              self.runner.dtype)
+
     @staticmethod
     def snapshot_chunks_done(path: str) -> int:
         """How many chunks a resume snapshot has behind it (it is read with torch, so here)."""

@@ -1,6 +1,6 @@
 """Accelerator figures the cost model and the utilisation metric are judged against.
 
-Dense (no sparsity) tensor-core peaks from the vendors' datasheets; memory is what
+Dense (no sparsity) tensor-core peaks and memory bandwidths from the vendors' datasheets; memory is what
 ``torch.cuda.mem_get_info`` reports as total on the 80/96/141/180 GB parts, not the marketing GB.
 """
 
@@ -15,16 +15,18 @@ class Accelerator:
     bf16_tflops: float
     """Dense bf16 tensor-core peak."""
     memory_gib: float
+    memory_tb_s: float
+    """Memory bandwidth, TB/s: the floor of a forward that must stream the weights once."""
 
 
 ACCELERATORS: dict[str, Accelerator] = {
-    "h100": Accelerator("NVIDIA H100 SXM 80GB", 989.0, 79.1),
-    "h100pcie": Accelerator("NVIDIA H100 PCIe 80GB", 756.0, 79.1),
-    "h200": Accelerator("NVIDIA H200 SXM 141GB", 989.0, 139.8),
-    "h20": Accelerator("NVIDIA H20 96GB", 148.0, 94.9),
-    "b200": Accelerator("NVIDIA B200 180GB", 2250.0, 178.4),
-    "a100": Accelerator("NVIDIA A100 SXM 80GB", 312.0, 79.1),
-    "l40s": Accelerator("NVIDIA L40S 48GB", 362.0, 44.4),
+    "h100": Accelerator("NVIDIA H100 SXM 80GB", 989.0, 79.1, 3.35),
+    "h100pcie": Accelerator("NVIDIA H100 PCIe 80GB", 756.0, 79.1, 2.0),
+    "h200": Accelerator("NVIDIA H200 SXM 141GB", 989.0, 139.8, 4.8),
+    "h20": Accelerator("NVIDIA H20 96GB", 148.0, 94.9, 4.0),
+    "b200": Accelerator("NVIDIA B200 180GB", 2250.0, 178.4, 8.0),
+    "a100": Accelerator("NVIDIA A100 SXM 80GB", 312.0, 79.1, 2.04),
+    "l40s": Accelerator("NVIDIA L40S 48GB", 362.0, 44.4, 0.864),
 }
 
 
@@ -71,3 +73,31 @@ def _measured_cpu_gemm_flops(size: int = 1024, repeats: int = 5) -> float:
         a @ a
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best
+
+
+ASSUMED_GPU_EFFICIENCY = 0.5
+"""Share of the dense peak a Helios forward reaches on a datacenter GPU (gpu-review.md §1.2:
+about 500 TF/s on an H100, the official repo's 0.909 s forward at 48%)."""
+LAUNCH_SECONDS = {"cuda": 5e-6, "cpu": 1e-5}
+"""Per kernel: a CUDA launch, or an eager CPU operator's dispatch."""
+CPU_MEMORY_BYTES_PER_S = 20e9
+"""A typical server core complex; only matters for weights far larger than a tiny model's."""
+
+
+def forward_timing(config, num_parameters: int, device, dtype):
+    """The cost model's forward time on a torch device (ForwardTiming), or None where the device's
+    rates are unknown: a GPU at its datasheet peak times ASSUMED_GPU_EFFICIENCY, a CPU at its
+    measured GEMM rate."""
+    from .model_executor.cost_model import ForwardTiming
+
+    peak, _ = device_peak_flops(device, dtype)
+    if peak is None:
+        return None
+    weight_bytes = num_parameters * dtype.itemsize
+    if device.type == "cuda":
+        import torch
+
+        known = accelerator_for_device_name(torch.cuda.get_device_name(device))
+        return ForwardTiming.on_device(config, weight_bytes, peak * ASSUMED_GPU_EFFICIENCY, known.memory_tb_s * 1e12,
+                                       LAUNCH_SECONDS["cuda"])
+    return ForwardTiming.on_device(config, weight_bytes, peak, CPU_MEMORY_BYTES_PER_S, LAUNCH_SECONDS["cpu"])

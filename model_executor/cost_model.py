@@ -7,6 +7,7 @@ elementwise work (norms, RoPE, modulation) is left out, as it is there.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -177,6 +178,49 @@ def vae_decode_flops(latent_frames: int, latent_h: int, latent_w: int, config: W
     flops += conv(dims[-1], 3, 27, frames * h * w)  # conv_out
     return flops
 
+
+
+
+# -- time ------------------------------------------------------------------------------------
+KERNELS_PER_LAYER = 25
+"""Kernel launches per transformer block in our forward: GEMMs, two attentions, the fused
+norms, RoPE and residuals (about 1,000 at 40 blocks; gpu-review.md §1.3 D counted 1,200
+before the bookkeeping was moved out of the block loop)."""
+
+
+@dataclass(frozen=True)
+class ForwardTiming:
+    """Predicted wall time of one transformer forward on a device.
+
+    A forward costs a fixed part, paid once however many rows it holds (the weights streamed
+    from memory once, the kernels launched), plus each row's FLOPs at the achieved rate.
+    Helios forwards are compute-bound from batch 1 (performance-model.md §3.8), so rows add up
+    almost linearly and batching gains little; a tiny model on a CPU is closer to launch-bound.
+    """
+
+    config: HeliosTransformerConfig
+    flops_per_s: float
+    """Achieved FLOP/s: the device's peak times the efficiency it reaches."""
+    fixed_s: float
+
+    @classmethod
+    def on_device(cls, config: HeliosTransformerConfig, weight_bytes: int, flops_per_s: float,
+                  memory_bytes_per_s: float, launch_s: float) -> ForwardTiming:
+        launches = config.num_layers * KERNELS_PER_LAYER
+        return cls(config, flops_per_s, weight_bytes / memory_bytes_per_s + launches * launch_s)
+
+    def row_flops(self, noisy_hw: tuple[int, int], history_hw: tuple[int, int]) -> int:
+        """FLOPs of one row whose noisy chunk is ``noisy_hw`` latents and history ``history_hw``."""
+        return _row_flops(self.config, noisy_hw, history_hw)
+
+    def seconds(self, flops: int) -> float:
+        """Wall time of a forward whose rows sum to ``flops``."""
+        return self.fixed_s + flops / self.flops_per_s
+
+
+@functools.lru_cache(maxsize=256)
+def _row_flops(config: HeliosTransformerConfig, noisy_hw: tuple[int, int], history_hw: tuple[int, int]) -> int:
+    return transformer_flops(config, forward_token_counts(config, noisy_hw, history_hw))["total"]
 
 
 # -- memory ------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def solo(engine: HeliosEngine, prompt: str, params: VideoSamplingParams) -> np.n
     ],
 )
 def test_batched_equals_sequential(model, settings):
-    engine = HeliosEngine(model)
+    engine = HeliosEngine(model, policy="round-robin")
     params = [VideoSamplingParams(**SMALL, **s) for s in settings]
     prompts = [f"prompt {i}" for i in range(len(params))]
     together = engine.generate(prompts, params)

@@ -1,7 +1,8 @@
 """The import-layer contract (../shared/docs/engineering-style.md), checked on every run.
 
 Layers, lowest first: kernels; model_executor (the model, knows nothing of requests' serving);
-the engine and core (scheduler, engine, executor, request records, sampling params, config);
+the engine and core (scheduler, engine, executor, request records, sampling params, config,
+accelerator figures);
 the serving entrypoints (HTTP, jobs, streaming, CLI). The integrations (vLLM-Omni, SGLang,
 Ray Serve) are leaves: only the composition root that launches them imports them. Above
 model_executor, only its torch-free contract modules may be imported, except by the executor
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENGINE_LAYER = {"core", "engine", "executor", "request", "errors", "outputs", "sampling_params", "config"}
+ENGINE_LAYER = {"core", "engine", "executor", "request", "errors", "outputs", "sampling_params", "config", "hardware"}
 CONTRACT_MODULES = {f"helios_serve.model_executor.{name}" for name in ("step_io", "config", "cost_model", "checkpoint")}
 """What the layers above model_executor may import from it: its data types and pure functions
 (the scheduler contract, the transformer config, the cost model, checkpoint variants)."""

@@ -10,6 +10,8 @@ import pytest
 from helios_serve.config import EngineConfig
 from helios_serve.core.scheduler import Scheduler
 from helios_serve.errors import QueueFullError, RequestTooLargeError
+from helios_serve.model_executor.config import HELIOS_TINY
+from helios_serve.model_executor.cost_model import ForwardTiming
 from helios_serve.model_executor.step_io import DecodedChunk, RequestSpec, StepResult
 from helios_serve.request import Phase, Request, RequestStatus
 
@@ -216,9 +218,10 @@ def count_service(scheduler, names, steps, start=0.0, dt=1.0):
     return served
 
 
-@pytest.mark.parametrize("policy", ["fcfs", "priority", "deadline"])
+@pytest.mark.parametrize("policy", ["round-robin", "priority", "deadline"])
 def test_no_request_starves(policy):
-    """Three geometry groups and a favoured request: everyone's denoising keeps moving."""
+    """Three geometry groups and a favoured request: everyone's denoising keeps moving (fcfs
+    instead finishes them one after another, tested below)."""
     scheduler = make_scheduler(policy=policy, priority_aging_s=2.0, background_slack_s=2.0)
     add(scheduler, "favoured", spec=spec(num_frames=3300, size=(64, 64)), priority=-5, realtime_fps=1000.0)
     add(scheduler, "b", spec=spec(num_frames=3300, size=(128, 64)), priority=5)
@@ -227,9 +230,81 @@ def test_no_request_starves(policy):
     assert all(count > 5 for count in served.values()), served
 
 
-def test_fcfs_takes_turns_between_groups():
-    scheduler = make_scheduler()
+def test_round_robin_takes_turns_between_groups():
+    scheduler = make_scheduler(policy="round-robin")
     add(scheduler, "a", spec=spec(num_frames=330, size=(64, 64)))
     add(scheduler, "b", spec=spec(num_frames=330, size=(128, 128)))
     served = count_service(scheduler, ["a", "b"], 40)
     assert abs(served["a"] - served["b"]) <= 2
+
+
+# -- fcfs: arrival order, sharing a forward only when the cost model says it is cheap -------------
+def timing(fixed_s: float, seconds_per_row: float) -> ForwardTiming:
+    """A forward timing where every row of the 64x64 geometry costs ``seconds_per_row``."""
+    row_flops = ForwardTiming(HELIOS_TINY, 1.0, 0.0).row_flops(*_hw(spec()))
+    return ForwardTiming(HELIOS_TINY, row_flops / seconds_per_row, fixed_s)
+
+
+def _hw(request_spec: RequestSpec):
+    geometry = Request("probe", request_spec, 0.0).geometry(0)
+    return (geometry.noisy_height, geometry.noisy_width), (geometry.history_height, geometry.history_width)
+
+
+def run_to_completion(scheduler: Scheduler, requests: list[Request]) -> tuple[list[str], list[list[str]]]:
+    """(the order requests finished in, every forward's request ids)."""
+    finished, forwards, now = [], [], 0.0
+    while not all(r.status.is_finished for r in requests):
+        plan, update = run_step(scheduler, now)
+        if plan.denoise:
+            forwards.append(plan.denoise)
+        finished += [r.request_id for r in update.finished]
+        now += 1
+    return finished, forwards
+
+
+def test_fcfs_finishes_compute_bound_requests_in_arrival_order():
+    """A row costs as much as the forward's fixed part: sharing would slow the oldest 2x, so each
+    forward serves one request and they finish in the order they came."""
+    scheduler = Scheduler(EngineConfig(max_rows_per_forward=8, max_tokens_per_forward=10**6, max_running_requests=8),
+                          PATCH, timing(fixed_s=0.01, seconds_per_row=0.01))
+    requests = [add(scheduler, name, now=i * 0.1, spec=spec(num_frames=66, steps=(1, 1, 1)))
+                for i, name in enumerate("abcd")]
+    finished, forwards = run_to_completion(scheduler, requests)
+    assert finished == ["a", "b", "c", "d"]
+    assert all(len(batch) == 1 for batch in forwards)
+    # The younger ones still move while the oldest runs its light units (begins, stage changes, decodes).
+    first_done = next(i for i, batch in enumerate(forwards) if batch == ["b"])
+    assert first_done < sum(1 for batch in forwards if batch == ["a"])
+
+
+def test_fcfs_shares_a_launch_bound_forward():
+    """Rows cost 0.1% of the fixed part (at stage 0; the last stage's 3x more): everyone
+    shares, as with round-robin."""
+    config = EngineConfig(max_rows_per_forward=8, max_tokens_per_forward=10**6, max_running_requests=8,
+                          max_encodes_per_step=4)
+    scheduler = Scheduler(config, PATCH, timing(fixed_s=1.0, seconds_per_row=0.001))
+    requests = [add(scheduler, name, spec=spec(num_frames=33, steps=(1, 1, 1))) for name in "abc"]
+    _, forwards = run_to_completion(scheduler, requests)
+    assert forwards == [["a", "b", "c"]] * 3
+
+
+@pytest.mark.parametrize("limit, joined", [(0.0, 1), (0.1, 3), (0.25, 6), (1.0, 8)])
+def test_fcfs_share_limit_is_the_forward_slowdown(limit, joined):
+    """Fixed part 1 s, 0.05 s per row: the oldest alone takes 1.05 s, and n rows 1 + 0.05 n, so
+    within (1 + limit) * 1.05 s fit floor((1.05 * limit + 0.05) / 0.05) rows (at most 8, the row budget)."""
+    config = EngineConfig(max_rows_per_forward=8, max_tokens_per_forward=10**6, max_running_requests=16,
+                          max_encodes_per_step=16, max_share_slowdown=limit)
+    scheduler = Scheduler(config, PATCH, timing(fixed_s=1.0, seconds_per_row=0.05))
+    for i in range(12):
+        add(scheduler, f"r{i}", now=i, spec=spec(num_frames=33, steps=(1, 1, 1)))
+    run_step(scheduler, 0.0)  # the encodes
+    forwards = [plan.denoise for plan, _ in (run_step(scheduler, t) for t in range(1, 12)) if plan.denoise]
+    assert len(forwards[0]) == joined
+    assert forwards[0][0] == "r0"
+
+
+def test_without_a_timing_fcfs_shares_whatever_fits():
+    scheduler = make_scheduler()
+    requests = [add(scheduler, name, spec=spec(num_frames=33, steps=(1, 1, 1))) for name in "ab"]
+    _, forwards = run_to_completion(scheduler, requests)
+    assert forwards == [["a", "b"]] * 3

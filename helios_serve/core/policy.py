@@ -2,8 +2,10 @@
 
 A policy gives two sort keys (smaller runs first): ``admission_key`` orders the waiting queue
 (who gets a slot), ``service_key`` orders admitted requests (whose unit of work, and so whose
-batch, runs next). Every policy ages requests by the time since they were last served, so
-none can starve.
+batch, runs next), and ``share_limit``: how much slower (a fraction, by the cost model) the
+first request's forward may become for others to join it; None lets every compatible request
+join. FCFS serves the oldest request first and never starves anyone (the oldest is always
+served); the others age requests by the time since they were last served.
 """
 
 from __future__ import annotations
@@ -14,13 +16,35 @@ from ..request import Request
 
 
 class SchedulingPolicy(Protocol):
+    share_limit: float | None
+
     def admission_key(self, request: Request, now: float) -> tuple: ...
 
     def service_key(self, request: Request, now: float) -> tuple: ...
 
 
 class FCFSPolicy:
-    """Slots in arrival order; admitted requests take turns (least recently served first)."""
+    """Requests finish in arrival order: the oldest admitted one is served first, and a younger
+    one's denoising step joins its forward only when that slows the forward by at most
+    ``max_share_slowdown``. On a compute-bound forward batching gains little (1.05-1.2x,
+    performance-model.md §3.8) while it makes every request wait for all the others, so
+    most requests finish sooner one after another than all together."""
+
+    def __init__(self, config):
+        self.share_limit = config.max_share_slowdown
+
+    def admission_key(self, request: Request, now: float) -> tuple:
+        return (request.arrival_time,)
+
+    def service_key(self, request: Request, now: float) -> tuple:
+        return (request.arrival_time,)
+
+
+class RoundRobinPolicy:
+    """Slots in arrival order; admitted requests take turns (least recently served first) and
+    share every forward they can: all advance together, and finish together."""
+
+    share_limit = None
 
     def __init__(self, config=None):
         pass
@@ -34,6 +58,8 @@ class FCFSPolicy:
 
 class PriorityPolicy:
     """Lower priority values first; waiting gains one level per ``priority_aging_s`` seconds."""
+
+    share_limit = None
 
     def __init__(self, config):
         self.aging_s = config.priority_aging_s
@@ -55,6 +81,8 @@ class DeadlinePolicy:
     moving whenever the streams have slack, and cannot be starved by them.
     """
 
+    share_limit = None
+
     def __init__(self, config):
         self.slack_s = config.background_slack_s
 
@@ -69,4 +97,6 @@ class DeadlinePolicy:
         return (self._due(request, request.last_served_time), request.last_served_step)
 
 
-POLICIES: dict[str, type] = {"fcfs": FCFSPolicy, "priority": PriorityPolicy, "deadline": DeadlinePolicy}
+POLICIES: dict[str, type] = {
+    "fcfs": FCFSPolicy, "round-robin": RoundRobinPolicy, "priority": PriorityPolicy, "deadline": DeadlinePolicy,
+}

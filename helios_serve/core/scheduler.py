@@ -2,9 +2,9 @@
 
 Units of a request: encode, then per chunk: begin, one denoising step per (stage, step)
 with a stage transition between stages, and a decode. A step runs ONE transformer forward,
-made of every ready request whose next forward has the same token geometry (whatever its
-timestep, settings or position in its video), within the row and token budgets, plus the
-light units (begins, transitions, a few encodes and decodes). New requests join and finished
+made of ready requests whose next forward has the same token geometry (whatever its
+timestep, settings or position in its video), within the row and token budgets and the
+policy's share limit, plus the light units (begins, transitions, a few encodes and decodes). New requests join and finished
 ones leave at every step. Imports no torch.
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..config import EngineConfig
 from ..errors import QueueFullError, RequestTooLargeError
+from ..model_executor.cost_model import ForwardTiming
 from ..model_executor.step_io import StepPlan, StepResult
 from ..request import Phase, Request, RequestStatus
 from .policy import POLICIES
@@ -26,12 +27,16 @@ class SchedulerUpdate:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, patch_size: tuple[int, int, int]):
+    def __init__(self, config: EngineConfig, patch_size: tuple[int, int, int],
+                 forward_timing: ForwardTiming | None = None):
+        """``forward_timing``: the cost model's forward time on the engine's device, for the
+        policy's share limit; without it any compatible request may share a forward."""
         if config.max_rows_per_forward is None:
             raise ValueError("the scheduler needs a resolved EngineConfig (see EngineConfig.resolved)")
         self.config = config
         self.patch_size = tuple(patch_size)
         self.policy = POLICIES[config.policy](config)
+        self.forward_timing = forward_timing
         self.waiting: list[Request] = []
         self.running: dict[str, Request] = {}
         self.step_count = 0
@@ -116,22 +121,38 @@ class Scheduler:
             self.running[request.request_id] = request
 
     def _denoise_batch(self, candidates: list[Request]) -> list[Request]:
-        """The first candidate's geometry group, in service order, within the budgets."""
+        """The first candidate's geometry group, in service order, within the budgets and the
+        policy's share limit (the forward at most that much slower than the first's alone)."""
         if not candidates:
             return []
         geometry = candidates[0].geometry()
-        batch, rows, tokens = [], 0, 0
+        limit = self.policy.share_limit
+        max_seconds = None
+        if limit is not None and self.forward_timing is not None:
+            max_seconds = (1 + limit) * self.forward_timing.seconds(self._flops(candidates[0]))
+        batch, rows, tokens, flops = [], 0, 0, 0
         for request in candidates:
             if request.geometry() != geometry:
                 continue
-            need_rows, need_tokens = request.rows_per_forward, self._tokens(request)
+            need_rows, need_tokens, need_flops = request.rows_per_forward, self._tokens(request), self._flops(request)
             if rows + need_rows > self.config.max_rows_per_forward:
                 continue
             if tokens + need_tokens > self.config.max_tokens_per_forward:
                 continue
+            if batch and max_seconds is not None and self.forward_timing.seconds(flops + need_flops) > max_seconds:
+                continue
             batch.append(request)
-            rows, tokens = rows + need_rows, tokens + need_tokens
+            rows, tokens, flops = rows + need_rows, tokens + need_tokens, flops + need_flops
         return batch
+
+    def _flops(self, request: Request) -> int:
+        """FLOPs of the request's next forward (all its rows), by the cost model."""
+        if self.forward_timing is None:
+            return 0
+        geometry = request.geometry()
+        row = self.forward_timing.row_flops((geometry.noisy_height, geometry.noisy_width),
+                                            (geometry.history_height, geometry.history_width))
+        return request.rows_per_forward * row
 
     # -- after the step --------------------------------------------------------------------
     def update_from_output(self, plan: StepPlan, result: StepResult, now: float) -> SchedulerUpdate:

@@ -47,7 +47,7 @@ class EngineCore:
         in_flight = engine_config.max_decodes_in_flight
         self.executor = UniprocExecutor(runner_config, None if in_flight is None else in_flight > 0)
         self.config = engine_config.resolved(self.executor.num_parameters, self.executor.decodes_in_background)
-        self.scheduler = Scheduler(self.config, self.executor.patch_size)
+        self.scheduler = Scheduler(self.config, self.executor.patch_size, self.executor.forward_timing())
         self.clock = clock
         self.stats = EngineStats()
         self.lock = threading.Lock()
