@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import append_record, make_record  # noqa: E402
 
 from helios_serve import HeliosEngine, VideoSamplingParams  # noqa: E402
-from helios_serve.hardware import device_peak_flops  # noqa: E402
 from helios_serve.streaming.fmp4 import ChunkEncoder  # noqa: E402
 
 
@@ -135,7 +134,7 @@ def main(argv=None) -> int:
     run_once(engine, params, args.fps, 0)  # warm-up: every shape once
     runs = [run_once(engine, params, args.fps, i) for i in range(1, args.repeats + 1)]
     best = min(runs, key=lambda run: run["wall_s"])
-    peak, source = device_peak_flops(*engine.core.executor.device_and_dtype)
+    peak, source = engine.core.executor.peak_flops()
     print(f"{args.model}: one {args.num_frames}-frame request at {args.width}x{args.height}, best of {args.repeats}")
     rows = breakdown_rows(best, peak)
     width = max(len(name) for name, _ in rows)

@@ -13,6 +13,7 @@ import os
 import typing
 from dataclasses import dataclass, field, replace
 
+from .hardware import ACCELERATORS
 from .model_executor.step_io import RunnerConfig, setting
 
 # A forward of the 14B model at 384x640 has 11,040 tokens (spec §8.1).
@@ -36,8 +37,8 @@ class EngineConfig:
     max_waiting_requests: int = setting(256, "queue length past which new requests are refused with 429")
     policy: str = setting(
         "fcfs", "ordering policy: fcfs finishes requests in arrival order (younger ones share a forward only when "
-                "it costs the oldest little, see --max-share-slowdown); round-robin advances every admitted request "
-                "in turn, batched; priority; deadline (EDF for real-time streams)",
+                "it costs the oldest little: the share limit below); round-robin advances every admitted request in "
+                "turn, batched; priority; deadline (EDF for real-time streams)",
         choices=("fcfs", "round-robin", "priority", "deadline"))
     max_share_slowdown: float = setting(
         0.1, "fcfs policy: a younger request joins the oldest one's forward only while the cost model predicts that "
@@ -49,6 +50,12 @@ class EngineConfig:
               "next chunk's forwards; frames are bitwise those of a serial decode); 0 decodes each chunk before "
               "the next begins (default: 2 on CUDA, 0 on a CPU, where a decode thread competes with the "
               "forward for the same cores: measured slower)")
+    simulate: str | None = setting(
+        None, "run no model: simulate this GPU (h100, h200, a100, ...: those `estimate` knows). Every unit of work "
+              "waits as long as the cost model gives for the released 14B model, chunks are synthetic frames, "
+              "everything else runs for real; the model is a released name or a checkpoint directory (its recipe)",
+        choices=tuple(ACCELERATORS))
+    simulate_mfu: float = setting(0.5, "--simulate: the share of the GPU's bf16 peak the transformer reaches")
     request_timeout_s: float | None = setting(None, "per-request time limit in seconds (default: none)",
                                               flag="--request-timeout")
     priority_aging_s: float = setting(
@@ -70,6 +77,8 @@ class EngineConfig:
 
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
+        if not 0 < self.simulate_mfu <= 1:
+            raise ValueError(f"simulate_mfu must be in (0, 1], got {self.simulate_mfu}")
         if self.max_share_slowdown < 0:
             raise ValueError(f"max_share_slowdown must be at least 0, got {self.max_share_slowdown}")
         if self.request_timeout_s is not None and self.request_timeout_s <= 0:

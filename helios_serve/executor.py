@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from .model_executor.step_io import StepPlan, StepResult
+from .model_executor.step_io import RunnerConfig, StepPlan, StepResult
+
+
+def build_executor(runner_config: RunnerConfig, engine_config):
+    """The ModelRunner in this process, or with ``engine_config.simulate`` a simulated GPU."""
+    in_flight = engine_config.max_decodes_in_flight
+    decode_in_background = None if in_flight is None else in_flight > 0
+    if engine_config.simulate:
+        from .simulated_executor import SimulatedExecutor
+
+        return SimulatedExecutor(runner_config.model, engine_config.simulate, engine_config.simulate_mfu,
+                                 runner_config.vae_dtype, decode_in_background)
+    return UniprocExecutor(runner_config, decode_in_background)
 
 
 class UniprocExecutor:
@@ -37,10 +49,11 @@ class UniprocExecutor:
     def attention_backend(self) -> str:
         return self.runner.attention_backend
 
-    @property
-    def device_and_dtype(self):
-        """The transformer's torch device and compute dtype."""
-        return self.runner.device, self.runner.dtype
+    def peak_flops(self) -> tuple[float | None, str]:
+        """The device's peak FLOP/s and where the figure comes from (hardware.device_peak_flops)."""
+        from .hardware import device_peak_flops
+
+        return device_peak_flops(self.runner.device, self.runner.dtype)
 
     @property
     def num_parameters(self) -> int:

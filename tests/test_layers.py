@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENGINE_LAYER = {"core", "engine", "executor", "request", "errors", "outputs", "sampling_params", "config", "hardware"}
+ENGINE_LAYER = {"core", "engine", "executor", "request", "errors", "outputs", "sampling_params", "config", "hardware",
+                "simulated_executor"}
 CONTRACT_MODULES = {f"helios_serve.model_executor.{name}" for name in ("step_io", "config", "cost_model", "checkpoint")}
 """What the layers above model_executor may import from it: its data types and pure functions
 (the scheduler contract, the transformer config, the cost model, checkpoint variants)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from ..config import EngineConfig
 from ..core.scheduler import Scheduler
-from ..executor import UniprocExecutor
+from ..executor import build_executor
 from ..model_executor.step_io import DecodedChunk, RequestSpec, RunnerConfig, StepResult
 from ..request import Request, RequestStatus
 
@@ -44,8 +44,7 @@ class EngineCore:
 
     def __init__(self, runner_config: RunnerConfig, engine_config: EngineConfig | None = None, clock=time.monotonic):
         engine_config = engine_config or EngineConfig()
-        in_flight = engine_config.max_decodes_in_flight
-        self.executor = UniprocExecutor(runner_config, None if in_flight is None else in_flight > 0)
+        self.executor = build_executor(runner_config, engine_config)
         self.config = engine_config.resolved(self.executor.num_parameters, self.executor.decodes_in_background)
         self.scheduler = Scheduler(self.config, self.executor.patch_size, self.executor.forward_timing())
         self.clock = clock

@@ -36,11 +36,16 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..model_executor.checkpoint import resolve_model
+    from ..simulated_executor import simulated_variant
     from .openai.api_server import build_app
 
     config = config_from_args(HeliosConfig, args)  # a bad value is one clear error here
     server = config.server
-    resolve_model(config.model.model)  # an unknown model is one clear error now, not a failed load later
+    # An unknown model is one clear error now, not a failed load later.
+    if config.engine.simulate:
+        simulated_variant(config.model.model)
+    else:
+        resolve_model(config.model.model)
     _check_port(server.host, server.port)
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.scale_out.enabled:
@@ -48,7 +53,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
         return run_ray_deployment(config)
     base = f"http://{server.host}:{server.port}"
-    print(f"helios-serve: serving {config.model.model} at {base}", flush=True)
+    simulated = f" on a simulated {config.engine.simulate} (no model runs)" if config.engine.simulate else ""
+    print(f"helios-serve: serving {config.model.model}{simulated} at {base}", flush=True)
     print(f"  playground  {base}/   (open it in a browser)", flush=True)
     print(f"  API         {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)
     print(f"  docs        {base}/docs; readiness {base}/ready; metrics {base}/metrics", flush=True)

@@ -56,9 +56,7 @@ async def warm_up(engine) -> float:
 
 async def measure_device_peak(engine, metrics) -> None:
     """The peak the utilisation metric divides by (a datasheet figure, or measured on CPU)."""
-    from ...hardware import device_peak_flops
-
-    peak, source = await asyncio.to_thread(device_peak_flops, *engine.core.executor.device_and_dtype)
+    peak, source = await asyncio.to_thread(engine.core.executor.peak_flops)
     metrics.set_device_peak(peak)
     if peak:
         logger.info("device peak %.3g TFLOP/s (%s)", peak / 1e12, source)
