@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -22,6 +23,7 @@ from .device import to_device, to_host
 from .models.helios_transformer import HeliosTransformer
 from .decode_worker import DecodeWorker
 from .layers.attention_backends import Capabilities, choose_backend
+from .layers.rotary import RotaryTable
 from .models.vae import PreviewDecoder, WanVAE
 from .text_kv_cache import TextKVCache
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
@@ -29,6 +31,25 @@ from .resume import ResumeSnapshot, load_snapshot
 from .step_io import DecodedChunk, RequestSpec, RunnerConfig, StepPlan, StepResult
 
 logger = logging.getLogger(__name__)
+
+
+MAX_ROTARY_TABLES = 16
+"""RoPE tables kept (each 5.6 MB at 14B, 384x640 stage 2): the three pyramid stages of a few sizes."""
+
+
+class RotaryGeometry(NamedTuple):
+    """What a forward's RoPE table depends on with the runner's fixed frame indices: Python ints
+    read from tensor shapes (never a device value, so the key costs no host-device sync)."""
+
+    noisy: tuple[int, int, int]
+    """T, H, W of the noisy latents."""
+    history: tuple[tuple[str, tuple[int, int, int]], ...]
+    """(term, (t, H, W)) of each history term."""
+
+
+def rotary_geometry(state: RequestState) -> RotaryGeometry:
+    history = tuple((term, tuple(state.history_terms[term].shape[2:])) for term in HISTORY_INDICES)
+    return RotaryGeometry(tuple(state.latents.shape[2:]), history)
 
 
 class ProgressMismatch(RuntimeError):
@@ -57,6 +78,8 @@ class ModelRunner:
         # RoPE frame indices are the same for every forward: uploaded once, not once per step.
         self._indices = {"hidden_states": to_device(NOISY_INDICES, self.device)}
         self._indices.update({f"latents_history_{t}": to_device(i, self.device) for t, i in HISTORY_INDICES.items()})
+        # With the indices fixed, a forward's RoPE table depends on its token geometry alone.
+        self._rotary_tables: dict[RotaryGeometry, RotaryTable] = {}
 
     def _load(self, config: RunnerConfig) -> tuple[ModelVariant, HeliosTransformer, object, WanVAE | None]:
         location = resolve_model(config.model)
@@ -140,6 +163,7 @@ class ModelRunner:
             timestep=torch.stack([s.model_timesteps[s.step_index] for s, _ in rows]),
             **text,
             **self._history_inputs([s for s, _ in rows]),
+            rotary=self._rotary_table(states[0]),
         )
         per_request, offset = [], 0
         for state in states:
@@ -160,6 +184,22 @@ class ModelRunner:
         # With the text cache the text projection and keys/values are not recomputed per forward.
         cached = text_context_flops(self.transformer.config, rows[0].shape[1]) if self.text_kv is not None else 0
         return len(rows) * (flops["total"] - cached)
+
+    def _rotary_table(self, state: RequestState) -> RotaryTable:
+        """The RoPE table of the state's next forward (every request of a forward shares its
+        geometry), made once per geometry: a pyramid stage repeats it for each of its steps and
+        every later chunk of the same size."""
+        geometry = rotary_geometry(state)
+        table = self._rotary_tables.get(geometry)
+        if table is None:
+            if len(self._rotary_tables) >= MAX_ROTARY_TABLES:  # drop the oldest made (remade if asked for again)
+                del self._rotary_tables[next(iter(self._rotary_tables))]
+            history_sizes = {term: size for term, size in geometry.history}
+            history_indices = {term: self._indices[f"latents_history_{term}"] for term in history_sizes}
+            table = self.transformer.sequence_rotary_table(geometry.noisy, self._indices["hidden_states"],
+                                                           history_sizes, history_indices, self.device)
+            self._rotary_tables[geometry] = table
+        return table
 
     def _history_inputs(self, states: list[RequestState]) -> dict[str, torch.Tensor]:
         inputs = {f"indices_{name}": indices for name, indices in self._indices.items()}

@@ -237,3 +237,93 @@ def test_the_text_cache_is_an_lru_bounded_in_bytes():
         tiny = TextKVCache(transformer, max_bytes=one - 1)  # an entry too large to keep is used, not kept
         tiny.context(["d"], [embeddings["d"]])
         assert not tiny._entries and tiny.bytes == 0
+
+
+# -- RoPE tables once per geometry ----------------------------------------------------------------
+def _forward_inputs(dtype: torch.dtype = torch.float32) -> dict:
+    """Two requests' rows at different timesteps with every history term; frame indices [1, t]."""
+    generator = torch.Generator().manual_seed(5)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator).to(dtype)
+
+    return dict(
+        hidden_states=rand(2, 16, 9, 4, 6), timestep=torch.tensor([998, 385]), encoder_hidden_states=rand(2, 7, 64),
+        latents_history_short=rand(2, 16, 2, 8, 12), latents_history_mid=rand(2, 16, 2, 8, 12),
+        latents_history_long=rand(2, 16, 16, 8, 12), indices_hidden_states=torch.arange(20, 29)[None],
+        indices_latents_history_short=torch.tensor([[0, 19]]), indices_latents_history_mid=torch.tensor([[17, 18]]),
+        indices_latents_history_long=torch.arange(1, 17)[None],
+    )
+
+
+def _reference_sequence_table(model, inputs: dict):
+    """The sequence's table as the forward built it before: one rotary_table per term, in token order."""
+    from helios_serve.model_executor.layers.rotary import RotaryTable, rotary_table
+
+    rope = (model.config.rope_dim, model.config.rope_theta)
+    _, ph, pw = model.config.patch_size
+    tables = []
+    for term, pool in (("long", (4, 4, 4)), ("mid", (2, 2, 2)), ("short", None)):
+        height, width = inputs[f"latents_history_{term}"].shape[-2:]
+        tables.append(rotary_table(inputs[f"indices_latents_history_{term}"], height // ph, width // pw, *rope, pool))
+    height, width = inputs["hidden_states"].shape[-2:]
+    tables.append(rotary_table(inputs["indices_hidden_states"], height // ph, width // pw, *rope))
+    return RotaryTable.cat(tables)
+
+
+def _sequence_table(model, inputs: dict):
+    history = {term: inputs[f"latents_history_{term}"] for term in ("long", "mid", "short")}
+    return model.sequence_rotary_table(
+        tuple(inputs["hidden_states"].shape[2:]), inputs["indices_hidden_states"],
+        {term: tuple(x.shape[2:]) for term, x in history.items()},
+        {term: inputs[f"indices_latents_history_{term}"] for term in history}, torch.device("cpu"),
+    )
+
+
+@pytest.mark.parametrize("kernels", ["native", "triton"])
+def test_a_precomputed_rotary_table_gives_bitwise_the_forward_that_builds_its_own(kernels):
+    from helios_serve.model_executor.layers.rotary import RotaryTable
+    from helios_serve.model_executor.models.helios_transformer import HeliosTransformer
+
+    model = HeliosTransformer.from_preset("helios-tiny", kernels=kernels)
+    assert model.config.patch_size == (1, 2, 2)  # the reference's pools below are the 2x and 4x patches
+    inputs = _forward_inputs()
+    table = _sequence_table(model, inputs)
+    reference = _reference_sequence_table(model, inputs)
+    assert table.cos.shape[0] == 1  # batch 1: broadcast over the two rows, not copied per row
+    assert torch.equal(table.cos, reference.cos) and torch.equal(table.sin, reference.sin)
+    with torch.inference_mode():
+        built_inside = model(**inputs)
+        precomputed = model(**inputs, rotary=table)
+        shuffled = model(**inputs, rotary=RotaryTable(table.cos.flip(1), table.sin.flip(1)))
+    assert torch.equal(precomputed, built_inside)
+    assert not torch.equal(shuffled, built_inside)  # the argument is what the blocks use
+
+
+def test_the_runner_builds_one_rotary_table_per_geometry():
+    """Every step of every stage of every chunk asks for a table; one is built per (stage, size)."""
+    from helios_serve import VideoSamplingParams
+    from helios_serve.config import ModelConfig
+    from helios_serve.model_executor.model_runner import ModelRunner
+
+    runner = ModelRunner(ModelConfig(model="helios-tiny"))
+    built, build = [], runner.transformer.sequence_rotary_table
+
+    def counting_build(noisy_size, *args):
+        built.append(noisy_size)
+        return build(noisy_size, *args)
+
+    runner.transformer.sequence_rotary_table = counting_build  # this test's instance only
+    stages, steps_per_stage, chunks = runner.procedure.sampler.stages, 2, 2
+    forwards = []
+    for sizes_seen, (height, width) in enumerate([(64, 64), (64, 128)], start=1):  # a new size: its own tables
+        params = VideoSamplingParams(num_frames=66, height=height, width=width, seed=1, is_amplify_first_chunk=False,
+                                     pyramid_num_inference_steps_list=[steps_per_stage] * stages)
+        spec = params.resolve("a fox", runner.variant, has_vae=False)
+        assert len(list(runner.generate(f"r{sizes_seen}", spec, on_step=lambda: forwards.append(1)))) == chunks
+        assert len(built) == len(set(built)) == len(runner._rotary_tables) == stages * sizes_seen
+    # Each table served every step of its stage in every chunk.
+    assert len(forwards) == 2 * chunks * stages * steps_per_stage == chunks * steps_per_stage * len(built)
+    for geometry in runner._rotary_tables:  # keyed by Python ints only: no tensor, no device read
+        assert all(type(n) is int for n in geometry.noisy)
+        assert all(type(n) is int for _, sizes in geometry.history for n in sizes)

@@ -31,8 +31,9 @@ HISTORY_TERM_SCALES = {"short": 1, "mid": 2, "long": 4}
 
 
 class TokenTerm(NamedTuple):
+    """One term's tokens; its RoPE table is a function of its shape alone (sequence_rotary_table)."""
+
     tokens: torch.Tensor  # [B, n, D]
-    rotary: RotaryTable
 
 
 class TextContext(NamedTuple):
@@ -197,6 +198,7 @@ class HeliosTransformer(nn.Module):
         indices_latents_history_mid: torch.Tensor | None = None,
         indices_latents_history_long: torch.Tensor | None = None,
         text_context: TextContext | None = None,
+        rotary: RotaryTable | None = None,
     ) -> torch.Tensor:
         """Velocity prediction for the noisy chunk ``hidden_states`` [B, C, T, H, W].
 
@@ -204,20 +206,23 @@ class HeliosTransformer(nn.Module):
         ``encoder_hidden_states`` is [B, L, text_dim], or ``text_context`` gives what the
         blocks read of it, computed before (``text_context``). History latents are [B, C, t, H', W']
         at full latent resolution with frame indices [B|1, t] (relative RoPE positions).
+        ``rotary``: the sequence's RoPE table, made before by ``sequence_rotary_table`` for these
+        shapes and indices (a caller that repeats a geometry keeps it); without it, made here.
         """
         batch = hidden_states.shape[0]
         dtype = self.compute_dtype
         timestep = self._batched_timestep(timestep, batch, hidden_states.device)
 
-        noisy = self._embed_noisy(hidden_states.to(dtype), indices_hidden_states)
-        history = self._embed_history(
-            {"short": latents_history_short, "mid": latents_history_mid, "long": latents_history_long},
-            {"short": indices_latents_history_short, "mid": indices_latents_history_mid, "long": indices_latents_history_long},
-            dtype,
-        )
-        terms = history + [noisy]
-        h = torch.cat([term.tokens.expand(batch, -1, -1) for term in terms], dim=1).contiguous()
-        rotary = RotaryTable.cat([term.rotary for term in terms])
+        latents = {"short": latents_history_short, "mid": latents_history_mid, "long": latents_history_long}
+        indices = {"short": indices_latents_history_short, "mid": indices_latents_history_mid,
+                   "long": indices_latents_history_long}
+        noisy = self._embed_noisy(hidden_states.to(dtype))
+        history = self._embed_history(latents, indices, dtype)
+        h = torch.cat([term.tokens.expand(batch, -1, -1) for term in history + [noisy]], dim=1).contiguous()
+        if rotary is None:
+            history_sizes = {term: tuple(x.shape[2:]) for term, x in latents.items() if x is not None}
+            rotary = self.sequence_rotary_table(tuple(hidden_states.shape[2:]), indices_hidden_states, history_sizes,
+                                                indices, hidden_states.device)
         num_history = h.shape[1] - noisy.tokens.shape[1]
 
         noisy_time = self.time_embedding(timestep, dtype)
@@ -249,12 +254,43 @@ class HeliosTransformer(nn.Module):
             raise ValueError(f"timestep must have shape [{batch}] or hold one value, got {tuple(timestep.shape)}")
         return timestep
 
-    def _embed_noisy(self, latents: torch.Tensor, frame_indices: torch.Tensor | None) -> TokenTerm:
-        tokens, (frames, height, width) = self.patch_embedding(latents)
-        if frame_indices is None:
-            frame_indices = torch.arange(frames, device=latents.device)[None]
-        rotary = rotary_table(frame_indices, height, width, self.config.rope_dim, self.config.rope_theta)
-        return TokenTerm(tokens, rotary)
+    def sequence_rotary_table(
+        self,
+        noisy_size: tuple[int, int, int],
+        noisy_indices: torch.Tensor | None,
+        history_sizes: dict[str, tuple[int, int, int]],
+        history_indices: dict[str, torch.Tensor | None],
+        device: torch.device,
+    ) -> RotaryTable:
+        """The RoPE table of a whole sequence [long | mid | short history | noisy], [B|1, N, head_dim / 2].
+
+        A function of the latents' sizes (T, H, W of the noisy chunk and of each present history
+        term, Python ints) and of the frame indices, never of the latents' values: a caller whose
+        forwards repeat a geometry with the same indices makes it once and passes it to ``forward``.
+        Tables with batch 1 stay batch 1; the rotation broadcasts them over the batch.
+        """
+        # The noisy tokens' grid, as the patch embedding makes it (a trailing remainder dropped).
+        frames, height, width = (size // p for size, p in zip(noisy_size, self.config.patch_size))
+        if noisy_indices is None:
+            noisy_indices = torch.arange(frames, device=device)[None]
+        tables = [self._history_rotary(term, history_sizes[term], history_indices[term])
+                  for term in ("long", "mid", "short") if term in history_sizes]
+        noisy = rotary_table(noisy_indices, height, width, self.config.rope_dim, self.config.rope_theta)
+        return RotaryTable.cat(tables + [noisy])
+
+    def _history_rotary(self, term: str, size: tuple[int, int, int], frame_indices: torch.Tensor) -> RotaryTable:
+        """The table of one history term of latent size (t, H, W)."""
+        # RoPE positions of every history term live on the short term's (1x patch) grid; mid and
+        # long tokens average the positions they cover.
+        _, ph, pw = self.config.patch_size
+        kernel = self.history_kernels()[term]
+        pool = None if term == "short" else tuple(k // p for k, p in zip(kernel, self.config.patch_size))
+        return rotary_table(frame_indices, size[1] // ph, size[2] // pw, self.config.rope_dim, self.config.rope_theta,
+                            pool)
+
+    def _embed_noisy(self, latents: torch.Tensor) -> TokenTerm:
+        tokens, _ = self.patch_embedding(latents)
+        return TokenTerm(tokens)
 
     def _embed_history(self, latents: dict, indices: dict, dtype: torch.dtype) -> list[TokenTerm]:
         """Tokens of the present history terms, in sequence order long, mid, short."""
@@ -263,17 +299,11 @@ class HeliosTransformer(nn.Module):
                 raise ValueError(f"latents_history_{term} and indices_latents_history_{term} must be given together")
         present = [term for term in ("long", "mid", "short") if latents[term] is not None]
         terms = []
-        _, ph, pw = self.config.patch_size
         for term in present:
             x = latents[term].to(dtype)
-            # RoPE positions of every history term live on the short term's (1x patch) grid.
-            grid_h, grid_w = x.shape[-2] // ph, x.shape[-1] // pw
-            kernel = self.history_kernels()[term]
-            pool = None if term == "short" else tuple(k // p for k, p in zip(kernel, self.config.patch_size))
-            x = x if term == "short" else pad_replicate(x, kernel)
+            x = x if term == "short" else pad_replicate(x, self.history_kernels()[term])
             tokens, _ = self.history_patch[term](x)
-            rotary = rotary_table(indices[term], grid_h, grid_w, self.config.rope_dim, self.config.rope_theta, pool)
-            terms.append(TokenTerm(tokens, rotary))
+            terms.append(TokenTerm(tokens))
         return terms
 
     def _output(self, h: torch.Tensor, temb: torch.Tensor, noisy_shape: torch.Size) -> torch.Tensor:
