@@ -24,7 +24,7 @@ def gated_residual_ref(h, y, gate, index) -> torch.Tensor:
 
 
 if triton is not None:
-    from .utils import row_id
+    from .utils import row_block, table_rows
 
     @triton.jit
     def _gated_residual_kernel(
@@ -33,35 +33,41 @@ if triton is not None:
         OUT,  # [rows, N] contiguous, dtype of H
         GATE,  # fp32 table [R, N]
         INDEX,  # int32 [rows]
+        n_rows,
         stride_h,
         stride_y,
         stride_gate,
         N,
-        BLOCK: tl.constexpr,
+        BLOCK: tl.constexpr,  # a tile of the row: program (i, j) covers columns [j * BLOCK, (j + 1) * BLOCK)
+        ROWS: tl.constexpr,  # rows per program (utils.launch_config)
         WIDE: tl.constexpr,  # int64 offsets (utils.wide_offsets)
     ):
-        row = row_id(WIDE)
+        rows, row_mask = row_block(n_rows, ROWS, WIDE)
         cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        mask = cols < N
-        h = tl.load(H + row * stride_h + cols, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(Y + row * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
-        gate = tl.load(GATE + tl.load(INDEX + row) * stride_gate + cols, mask=mask, other=0.0)
-        tl.store(OUT + row * N + cols, (h + y * gate).to(OUT.dtype.element_ty), mask=mask)
+        col_mask = cols < N
+        mask = row_mask[:, None] & col_mask[None, :]
+        h = tl.load(H + (rows * stride_h)[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(Y + (rows * stride_y)[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        entries = tl.load(INDEX + rows, mask=row_mask, other=0)
+        gate = table_rows(GATE, entries, row_mask, stride_gate, cols, col_mask, ROWS)
+        tl.store(OUT + (rows * N)[:, None] + cols[None, :], (h + y * gate).to(OUT.dtype.element_ty), mask=mask)
 
 
 def gated_residual(h: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    from .utils import check_index, check_table, rows_view, wide_offsets
+    from .utils import check_index, check_table, launch_config, program_count, rows_view, wide_offsets
 
     rows_h, rows_y = rows_view(h, "h"), rows_view(y, "y")
     if rows_h.shape != rows_y.shape:
         raise ValueError(f"h {tuple(h.shape)} and y {tuple(y.shape)} differ")
-    width = rows_h.shape[1]
+    n_rows, width = rows_h.shape
     check_table(gate, width, "gate")
-    check_index(index, rows_h.shape[0], gate.shape[0])
+    check_index(index, n_rows, gate.shape[0])
     out = torch.empty(rows_h.shape, dtype=h.dtype, device=h.device)
-    block = min(1024, 1 << max(width - 1, 0).bit_length())  # elementwise: tile the row
-    grid = (rows_h.shape[0], triton.cdiv(width, block))
-    _gated_residual_kernel[grid](rows_h, rows_y, out, gate, index, rows_h.stride(0), rows_y.stride(0), gate.stride(0),
-                                 width, BLOCK=block, num_warps=4,
-                                 WIDE=wide_offsets(rows_h.shape[0], rows_h.stride(0), rows_y.stride(0), width))
+    config = launch_config(width, h.element_size(), whole_row=False)  # elementwise: tiles of the row
+    programs = program_count(n_rows, config)
+    wide = wide_offsets(programs * config.rows_per_program, rows_h.stride(0), rows_y.stride(0), width)
+    grid = (programs, triton.cdiv(width, config.block))
+    _gated_residual_kernel[grid](rows_h, rows_y, out, gate, index, n_rows, rows_h.stride(0), rows_y.stride(0),
+                                 gate.stride(0), width, BLOCK=config.block, ROWS=config.rows_per_program, WIDE=wide,
+                                 num_warps=config.num_warps)
     return out.reshape(h.shape)

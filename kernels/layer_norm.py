@@ -17,7 +17,7 @@ def layer_norm_ref(x, weight, bias, eps: float) -> torch.Tensor:
 
 
 if triton is not None:
-    from .utils import centred_row, row_id
+    from .utils import centred_rows, row_block
 
     @triton.jit
     def _layer_norm_kernel(
@@ -25,30 +25,36 @@ if triton is not None:
         Y,  # [rows, N] contiguous
         W,  # [N] gain
         B,  # [N] bias
+        n_rows,
         stride_x,
         N,
         eps,
         BLOCK: tl.constexpr,
+        ROWS: tl.constexpr,  # rows per program (utils.launch_config)
         WIDE: tl.constexpr,  # int64 offsets (utils.wide_offsets)
     ):
-        row = row_id(WIDE)
+        rows, row_mask = row_block(n_rows, ROWS, WIDE)
         cols = tl.arange(0, BLOCK)
-        centred, rstd, mask = centred_row(X, row, stride_x, N, eps, BLOCK)
-        w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-        b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + row * N + cols, (centred * rstd * w + b).to(Y.dtype.element_ty), mask=mask)
+        centred, rstd, mask = centred_rows(X, rows, row_mask, stride_x, N, eps, BLOCK)
+        # Gain and bias are read once per program, for all of its rows.
+        w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)
+        b = tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)
+        y = centred * rstd * w[None, :] + b[None, :]
+        tl.store(Y + (rows * N)[:, None] + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
-    from .utils import block_size, num_warps, rows_view, wide_offsets
+    from .utils import launch_config, program_count, rows_view, wide_offsets
 
     rows = rows_view(x, "x")
-    width = rows.shape[1]
+    n_rows, width = rows.shape
     if weight.shape != (width,) or bias.shape != (width,):
         raise ValueError(f"weight and bias must be [{width}], got {tuple(weight.shape)} and {tuple(bias.shape)}")
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
-    block = block_size(width)
-    _layer_norm_kernel[(rows.shape[0],)](rows, out, weight.contiguous(), bias.contiguous(), rows.stride(0), width, eps,
-                                         BLOCK=block, WIDE=wide_offsets(rows.shape[0], rows.stride(0), width),
-                                         num_warps=num_warps(block))
+    config = launch_config(width, x.element_size())
+    programs = program_count(n_rows, config)
+    wide = wide_offsets(programs * config.rows_per_program, rows.stride(0), width)  # the masked tail included
+    _layer_norm_kernel[(programs,)](rows, out, weight.contiguous(), bias.contiguous(), n_rows, rows.stride(0), width,
+                                    eps, BLOCK=config.block, ROWS=config.rows_per_program, WIDE=wide,
+                                    num_warps=config.num_warps)
     return out.reshape(x.shape)

@@ -28,7 +28,7 @@ def norm_modulate_ref(x, shift, scale, index, eps: float) -> torch.Tensor:
 
 
 if triton is not None:
-    from .utils import centred_row, row_id
+    from .utils import centred_rows, row_block, table_rows
 
     @triton.jit
     def _norm_modulate_kernel(
@@ -37,38 +37,43 @@ if triton is not None:
         SHIFT,  # fp32 table [R, N]
         SCALE,  # fp32 table [R, N]
         INDEX,  # int32 [rows]: the table row of each activation row
+        n_rows,
         stride_x,
         stride_table,
         N,
         eps,
         BLOCK: tl.constexpr,
+        ROWS: tl.constexpr,  # rows per program (utils.launch_config)
         WIDE: tl.constexpr,  # int64 offsets (utils.wide_offsets)
     ):
-        # Map the program id to the row of X and Y it computes.
-        row = row_id(WIDE)
+        # This program's ROWS consecutive rows of X and Y; the last program's tail is masked.
+        rows, row_mask = row_block(n_rows, ROWS, WIDE)
         cols = tl.arange(0, BLOCK)
-        centred, rstd, mask = centred_row(X, row, stride_x, N, eps, BLOCK)
-        entry = tl.load(INDEX + row)
-        shift = tl.load(SHIFT + entry * stride_table + cols, mask=mask, other=0.0)
-        scale = tl.load(SCALE + entry * stride_table + cols, mask=mask, other=0.0)
+        centred, rstd, mask = centred_rows(X, rows, row_mask, stride_x, N, eps, BLOCK)
+        entries = tl.load(INDEX + rows, mask=row_mask, other=0)
+        shift = table_rows(SHIFT, entries, row_mask, stride_table, cols, cols < N, ROWS)
+        scale = table_rows(SCALE, entries, row_mask, stride_table, cols, cols < N, ROWS)
         y = centred * rstd * (1.0 + scale) + shift
-        tl.store(Y + row * N + cols, y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Y + (rows * N)[:, None] + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 def norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, index: torch.Tensor,
                   eps: float) -> torch.Tensor:
-    from .utils import block_size, check_index, check_table, num_warps, rows_view, wide_offsets
+    from .utils import check_index, check_table, launch_config, program_count, rows_view, wide_offsets
 
     rows = rows_view(x, "x")
-    width = rows.shape[1]
+    n_rows, width = rows.shape
     check_table(shift, width, "shift")
     check_table(scale, width, "scale")
     if shift.shape != scale.shape:
         raise ValueError(f"shift {tuple(shift.shape)} and scale {tuple(scale.shape)} differ")
-    check_index(index, rows.shape[0], shift.shape[0])
+    check_index(index, n_rows, shift.shape[0])
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
-    block = block_size(width)
-    _norm_modulate_kernel[(rows.shape[0],)](rows, out, shift, scale, index, rows.stride(0), shift.stride(0), width,
-                                           eps, BLOCK=block, WIDE=wide_offsets(rows.shape[0], rows.stride(0), width),
-                                           num_warps=num_warps(block))
+    config = launch_config(width, x.element_size())
+    programs = program_count(n_rows, config)
+    # Offsets of the masked tail rows are computed too: the padded count decides int64.
+    wide = wide_offsets(programs * config.rows_per_program, rows.stride(0), width)
+    _norm_modulate_kernel[(programs,)](rows, out, shift, scale, index, n_rows, rows.stride(0), shift.stride(0), width,
+                                       eps, BLOCK=config.block, ROWS=config.rows_per_program, WIDE=wide,
+                                       num_warps=config.num_warps)
     return out.reshape(x.shape)

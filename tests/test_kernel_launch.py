@@ -3,8 +3,9 @@
 * The int32/int64 offset decision (no tensor past 2^31 elements fits here, so the decision
   is tested, and the int64 code path is run in the interpreter against the references).
 * Every kernel compiled for an H100 (sm_90) by Triton's own ptxas at the launch configuration
-  its launcher picks at width 5120: no register spills, registers within the SM's file, and
-  row offsets computed in 64 bits exactly when the launcher asks for it.
+  its launcher picks at width 5120 (and 1024 for the row kernels, two rows a program): no
+  register spills, registers within the SM's file, row offsets computed in 64 bits exactly
+  when the launcher asks for it, and every bf16 load and store a vector.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def test_every_kernel_compiles_for_h100_without_spills(sm90_builds):
         assert build["LOCAL"] == 0 and build["STACK"] == 0, build  # nothing spilled to local memory
         assert build["REG"] <= 255 and build["REG"] * threads <= REGISTERS_PER_SM, build  # one program fits an SM
         assert build["SHARED"] <= 48 * 1024, build  # within the default dynamic shared memory
+
+
+def test_every_activation_access_is_vectorised(sm90_builds):
+    """No single-bf16 global load or store (the stride-2 even/odd loads of the earlier q/k
+    kernel had 32 a thread); the launch configurations the launchers pick are the ones compiled."""
+    assert all(build["scalar_16bit_accesses"] == 0 for build in sm90_builds), sm90_builds
+    assert {(b["kernel"], b["block"], b["rows_per_program"], b["num_warps"]) for b in sm90_builds} >= {
+        ("norm_modulate", 8192, 1, 16), ("layer_norm", 8192, 1, 16), ("gated_residual", 1024, 2, 4),
+        ("qk_norm_rope", 8192, 1, 16), ("norm_modulate", 1024, 2, 4),
+    }
 
 
 def test_row_offsets_are_64_bit_exactly_when_asked(sm90_builds):

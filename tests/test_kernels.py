@@ -1,8 +1,11 @@
 """Every Triton kernel against its plain-PyTorch reference (CPU: Triton's interpreter).
 
 Shapes include odd sizes, non-powers of two and the 14B width (5120 = 40 heads x 128) with a
-few tokens; inputs include strided rows (column slices of a wider tensor, as q and k are of the
-fused qkv output). The Triton interpreter computes in numpy, so bf16 and fp16 work here.
+few tokens, and row counts that are not a multiple of the rows a program handles (the last
+program's tail is masked); inputs include strided rows (column slices of a wider tensor, as q
+and k are of the fused qkv output). Table indices come both cyclic (every row its own table row)
+and in the model's runs (a sample's history rows, then its noisy rows), whose boundaries fall
+inside programs. The Triton interpreter computes in numpy, so bf16 and fp16 work here.
 Tolerances: fp32 results differ from the reference only by summation order (~1e-6 relative);
 bf16/fp16 outputs are rounded once from the same fp32 value, so they agree to one unit in the
 last place (bf16 8 bits: 1e-2 relative; fp16 11 bits: 1e-3).
@@ -19,9 +22,24 @@ from helios_serve import kernels  # noqa: E402
 from helios_serve.model_executor import HeliosTransformer  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-ROWS_WIDTHS = [(1, 64), (7, 300), (33, 769), (3, 5120), (2, 5125)]
+# Rows per program (utils.launch_config): 16 at 64, 4 at 300, 2 at 769, 1 at 5120 and 5125 (2 for
+# the gated residual's 1024-column tiles): every case but (1, 64)'s single program has a partial one.
+ROWS_WIDTHS = [(1, 64), (19, 64), (7, 300), (33, 769), (3, 5120), (5, 5120), (2, 5125)]
 TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (1e-2, 1e-2), torch.float16: (1e-3, 1e-3)}
 DTYPES = list(TOLERANCE)
+
+
+def table_index(rows: int, kind: str) -> torch.Tensor:
+    """int32 table rows: "cyclic" 0, 1, 2, 0, ... (neighbours differ; the lowest entry of a program
+    is not always its first row); "segments" the model's 2 b + is_noisy over samples of 5 history
+    then 6 noisy rows."""
+    row = torch.arange(rows)
+    if kind == "cyclic":
+        index = row % 3
+    else:
+        sample, position = row // 11, row % 11
+        index = 2 * sample + (position >= 5)
+    return index.to(device=DEVICE, dtype=torch.int32)
 
 
 def make(rows, width, dtype, strided, seed=0):
@@ -37,24 +55,26 @@ def close(actual, expected, dtype):
     torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("index_kind", ["cyclic", "segments"])
 @pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,width", ROWS_WIDTHS)
-def test_norm_modulate(rows, width, dtype, strided):
+def test_norm_modulate(rows, width, dtype, strided, index_kind):
     x = make(rows, width, dtype, strided)
-    shift, scale = (torch.randn(3, width, device=DEVICE) for _ in range(2))
-    index = torch.arange(rows, dtype=torch.int32, device=DEVICE) % 3
+    index = table_index(rows, index_kind)
+    shift, scale = (torch.randn(int(index.max()) + 1, width, device=DEVICE) for _ in range(2))
     close(kernels.norm_modulate(x, shift, scale, index, 1e-6), kernels.norm_modulate_ref(x, shift, scale, index, 1e-6),
           dtype)
 
 
+@pytest.mark.parametrize("index_kind", ["cyclic", "segments"])
 @pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,width", ROWS_WIDTHS)
-def test_gated_residual(rows, width, dtype, strided):
+def test_gated_residual(rows, width, dtype, strided, index_kind):
     h, y = make(rows, width, dtype, strided, 1), make(rows, width, dtype, strided, 2)
-    gate = torch.randn(2, width, device=DEVICE)
-    index = (torch.arange(rows, dtype=torch.int32, device=DEVICE) >= rows // 2).to(torch.int32)
+    index = table_index(rows, index_kind)
+    gate = torch.randn(int(index.max()) + 1, width, device=DEVICE)
     close(kernels.gated_residual(h, y, gate, index), kernels.gated_residual_ref(h, y, gate, index), dtype)
 
 
@@ -79,6 +99,31 @@ def test_qk_norm_rope(rows, heads, head_dim, table_rows, dtype):
     want = kernels.qk_norm_rope_ref(q, k, weight_q, weight_k, angles.cos(), angles.sin(), heads, 1e-6)
     for actual, expected in zip(got, want):
         close(actual, expected, dtype)
+
+
+@pytest.mark.parametrize("width,element_size", [(5120, 2), (5125, 4), (64, 2), (300, 4), (769, 2), (2048, 2)])
+def test_launch_config_keeps_each_thread_to_whole_vectors_and_few_registers(width, element_size):
+    from helios_serve.kernels.utils import ELEMENTS_PER_THREAD, VECTOR_BYTES, launch_config
+
+    config = launch_config(width, element_size)
+    assert config.block >= width and config.block & (config.block - 1) == 0  # one power-of-two block: the row
+    assert config.rows_per_program & (config.rows_per_program - 1) == 0  # a tl.arange extent
+    per_thread = config.rows_per_program * config.block // (32 * config.num_warps)
+    assert per_thread * element_size >= VECTOR_BYTES  # at least one 16-byte load a thread
+    assert per_thread <= ELEMENTS_PER_THREAD or config.num_warps == 16  # more only when at the warp limit
+
+
+def test_launch_config_choices_at_the_14b_width_and_narrow_rows():
+    from helios_serve.kernels.utils import launch_config
+
+    wide = launch_config(5120, 2)
+    assert wide.block == 8192 and wide.rows_per_program == 1 and 8 <= wide.num_warps <= 16
+    assert launch_config(5120, 4) == wide  # fp32 rows: the same lanes, 16 fp32 values a thread
+    assert launch_config(64, 2).rows_per_program == 16 and launch_config(64, 2).num_warps < wide.num_warps
+    assert [launch_config(w, 2).rows_per_program for w in (256, 512, 1024, 2048)] == [8, 4, 2, 1]
+    tile = launch_config(5120, 2, whole_row=False)  # elementwise: 5 tiles of 1024, two rows a program
+    assert tile.block == 1024 and 5120 % tile.block == 0 and tile.rows_per_program == 2
+    assert launch_config(64, 2, max_rows_per_program=1).rows_per_program == 1
 
 
 def test_qk_reference_is_the_models_native_path():
