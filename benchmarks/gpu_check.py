@@ -257,6 +257,7 @@ class Check:
         stages = []
         transformer, chosen = runner.transformer, runner.attention_backend  # --attention-backend auto's pick
         capabilities = Capabilities.probe(self.device)
+        timing = engine.core.executor.forward_timing()  # the scheduler's and the simulator's cost model
         with torch.inference_mode():
             for stage, stage_tokens in enumerate(tokens):
                 flops = runner.forward_flops(state)
@@ -275,7 +276,8 @@ class Check:
                         entry["backends"][name] = {"error": str(exc).splitlines()[0][:200]}
                 transformer.use_attention(chosen)
                 used = entry["backends"][chosen]
-                entry.update(ms=used["ms"], tflop_per_s=used["tflop_per_s"], mfu=used["tflop_per_s"] / gemm)
+                entry.update(ms=used["ms"], tflop_per_s=used["tflop_per_s"], mfu=used["tflop_per_s"] / gemm,
+                             predicted_ms=1e3 * timing.seconds(flops) if timing else None)
                 stages.append(entry)
                 runner.procedure.apply_model_output(state, runner.forward([state])[0])
                 if stage + 1 < len(tokens):
@@ -496,6 +498,8 @@ def render(report: dict) -> str:
                 others = "  ".join(f"{b} {v['ms']:.1f}" if "ms" in v else f"{b} n/a" for b, v in stage["backends"].items())
                 row(f"stage {stage['stage']} ({stage['tokens']} tokens)",
                     f"{stage['ms']:.1f} ms  {stage['tflop_per_s']:.3g} TFLOP/s  MFU {stage['mfu']:.0%}  [{others}]")
+                if stage["predicted_ms"] is not None:
+                    row("  cost model (scheduler, simulator)", f"{stage['predicted_ms']:.1f} ms predicted")
             row("three stages", f"{result['chunk_ms']:.1f} ms for {result['chunk_tflop']:.3g} TFLOP")
         elif name == "vae":
             if "skipped" in result:

@@ -53,3 +53,24 @@ def test_replica_benchmark_runs_one_and_two_replicas():
     assert one["frames_per_second"] > 0 and two["frames_per_second"] > 0
     assert set(two["jobs_per_replica"]) == {"replica-0", "replica-1"}  # the work was spread
     print(f"2 vs 1 replicas: {two['speedup_vs_first']}x")
+
+
+def test_compare_engines_runs_two_simulated_servers(tmp_path):
+    """benchmarks/compare_engines.py: the same jobs against servers started with different flags,
+    here two simulated H100s (no weights), one table with a column each."""
+    out = tmp_path / "compare.jsonl"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "compare_engines.py"), "--checkpoint", "helios-distilled",
+         "--helios=--simulate h100 --policy round-robin", "--helios=--simulate h100 --policy fcfs",
+         "--num-prompts", "2", "--max-concurrency", "2", "--num-frames", "33", "--size", "320x192",
+         "--extra", '{"pyramid_num_inference_steps_list": [1, 1, 1]}', "--output-file", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    header = result.stdout.splitlines()[0]
+    assert "helios --simulate h100 --policy round-robin" in header and "helios --simulate h100 --policy fcfs" in header
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["metrics"]["completed"] for r in records] == [2, 2]
+    # fcfs on a 14B forward: the first request runs alone, so it finishes before round-robin's first
+    fcfs, round_robin = sorted(records[1]["samples"]["latency_s"]), sorted(records[0]["samples"]["latency_s"])
+    assert fcfs[0] < round_robin[0]
