@@ -4,8 +4,8 @@ Units of a request: encode, then per chunk: begin, one denoising step per (stage
 with a stage transition between stages, and a decode. A step runs ONE transformer forward,
 made of ready requests whose next forward has the same token geometry (whatever its
 timestep, settings or position in its video), within the row and token budgets and the
-policy's share limit, plus the light units (begins, transitions, a few encodes and decodes). New requests join and finished
-ones leave at every step. Imports no torch.
+policy's share limit, plus the light units (begins, transitions, a few encodes and decodes).
+New requests join and finished ones leave at every step. Imports no torch.
 """
 
 from __future__ import annotations
