@@ -9,11 +9,18 @@ import time
 
 def _sampling_params(args: argparse.Namespace):
     from .sampling_params import sampling_params_from_args
-    from .video_io import read_image, read_video
+    from .video_io import read_image, read_video_tail
 
     params = sampling_params_from_args(args)
-    return params.with_updates(image=read_image(args.image) if args.image else None,
-                               video=read_video(args.video) if args.video else None)
+    # Inputs are read at the output's size when it is given (else the model resizes them), and
+    # only the video frames the model uses are kept.
+    size = (params.width, params.height) if params.width and params.height else None
+    if args.image:
+        params = params.with_updates(image=read_image(args.image, size=size))
+    if args.video:
+        tail = read_video_tail(args.video, size=size)
+        params = params.with_updates(video=tail.frames, video_skipped_frames=tail.skipped_frames)
+    return params
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -58,6 +58,9 @@ class VideoSamplingParams:
         flag="--pyramid-steps")
     image: Any = knob(None, "uint8 [H, W, 3] image to start from (image-to-video)")
     video: Any = knob(None, "uint8 [T, H, W, 3] video to continue (video-to-video), at least 33 frames")
+    video_skipped_frames: int = knob(
+        0, "frames between the video's first frame and the rest that its reader did not decode "
+           "(video_io.read_video_tail keeps only what the model uses)")
     fps: int | None = knob(None, "frame rate of the output video (and of a real-time stream)", int, 1, 120)
     use_cfg_zero_star: bool | None = knob(None, "CFG-Zero* guidance (the Mid model's recipe)", bool, extra=True)
     use_zero_init: bool = knob(True, "CFG-Zero*: zero the velocity of the first steps", bool, extra=True)
@@ -169,6 +172,7 @@ class VideoSamplingParams:
             skip_first_chunk=self.is_skip_first_chunk,
             image=self.image,
             video=self.video,
+            video_skipped_frames=self.video_skipped_frames,
             add_noise_to_image_latents=self.add_noise_to_image_latents,
             add_noise_to_video_latents=self.add_noise_to_video_latents,
             image_noise_sigma=(self.image_noise_sigma_min, self.image_noise_sigma_max),

@@ -74,7 +74,13 @@ def video_conditioning(spec: RequestSpec, vae, generator, device) -> tuple[torch
     if num_windows == 0:
         raise ValueError(f"the input video needs at least {FRAMES_PER_CHUNK} frames, got {video.shape[2]}")
     start = video.shape[2] - num_windows * FRAMES_PER_CHUNK
+    # Windows of the frames the reader skipped (the earliest) are not encoded, but their random
+    # draws are made where the reference makes them, so the kept windows get the same numbers.
+    skipped = (spec.video_skipped_frames + video.shape[2]) // FRAMES_PER_CHUNK - num_windows
     anchor = vae.encode(video[:, :, :1], generator).float().to(device)
+    window_shape = vae.latent_shape(video[:, :, :FRAMES_PER_CHUNK].shape)
+    for _ in range(skipped):
+        vae.draw_posterior_noise(window_shape, generator)
     windows = [
         vae.encode(video[:, :, start + i * FRAMES_PER_CHUNK : start + (i + 1) * FRAMES_PER_CHUNK], generator)
         for i in range(num_windows)
@@ -82,6 +88,8 @@ def video_conditioning(spec: RequestSpec, vae, generator, device) -> tuple[torch
     latents = torch.cat(windows, dim=2).float().to(device)
     if spec.add_noise_to_video_latents:
         anchor = _corrupt(anchor, spec.image_noise_sigma, generator)
+        for _ in range(skipped):
+            _corrupt(torch.zeros(window_shape), spec.video_noise_sigma, generator, num_sigmas=window_shape[2])
         chunks = latents.split(LATENT_FRAMES_PER_CHUNK, dim=2)
         latents = torch.cat(
             [_corrupt(c, spec.video_noise_sigma, generator, num_sigmas=c.shape[2]) for c in chunks], dim=2

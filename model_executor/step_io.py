@@ -87,6 +87,9 @@ class RequestSpec:
     """Image-to-video: PIL image, uint8 array [H, W, 3] or tensor; resized to height x width."""
     video: Any = None
     """Video-to-video: uint8 array [T, H, W, 3], list of PIL images or tensor."""
+    video_skipped_frames: int = 0
+    """Frames of the input video after its first that were never decoded (only the last windows
+    reach the history); their windows' random draws are still made, in the reference's order."""
     add_noise_to_image_latents: bool = True
     add_noise_to_video_latents: bool = True
     image_noise_sigma: tuple[float, float] = (0.111, 0.135)

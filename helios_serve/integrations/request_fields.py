@@ -28,5 +28,6 @@ def request_spec(prompt: Any, fields: Mapping[str, Any], variant: ModelVariant, 
     params = VideoSamplingParams.from_fields(fields)
     if fields.get("seed") is None:
         params = params.with_updates(seed=random.randrange(2**63))
-    conditioning = {name: fields[name] for name in ("image", "video") if fields.get(name) is not None}
+    conditioning = {name: fields[name] for name in ("image", "video", "video_skipped_frames")
+                    if fields.get(name) is not None}
     return params.with_updates(**conditioning).resolve(prompt, variant, has_vae)

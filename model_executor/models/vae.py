@@ -51,6 +51,19 @@ class WanVAE:
         latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
         return (latents - self.mean) * self.inv_std
 
+    def latent_shape(self, pixels_shape) -> tuple[int, ...]:
+        """The latents' shape for pixels of shape [B, 3, T, H, W]: 4x fewer frames (after the
+        first), 8x smaller sides."""
+        batch, _, frames, height, width = pixels_shape
+        return (batch, self.vae.config.z_dim, 1 + (frames - 1) // 4, height // 8, width // 8)
+
+    def draw_posterior_noise(self, latent_shape: tuple[int, ...], generator: torch.Generator) -> None:
+        """Draw from ``generator`` exactly what ``encode`` of pixels with these latents draws
+        (the posterior sample's noise), without encoding anything."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        randn_tensor(latent_shape, generator=generator, device=self.mean.device, dtype=self.dtype)
+
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixels in [-1, 1], [B, 3, T', H, W] (in ``decode_dtype``); de-normalised in fp32."""

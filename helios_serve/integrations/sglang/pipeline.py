@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from PIL import Image
 from sglang.multimodal_gen.configs.pipeline_configs.helios import HeliosT2VConfig
 from sglang.multimodal_gen.configs.sample.sampling_params import SamplingParams
 from sglang.multimodal_gen.configs.task_type import ModelTaskType
@@ -30,7 +29,7 @@ from sglang.multimodal_gen.runtime.pipelines_core.stages.base import PipelineSta
 
 from ...model_executor.checkpoint import official_variant, read_variant
 from ...model_executor.model_runner import ModelRunner, RunnerConfig
-from ...video_io import read_video
+from ...video_io import read_image, read_video_tail
 from ..request_fields import request_spec
 
 VARIANTS = ("base", "mid", "distilled")
@@ -96,10 +95,14 @@ class HeliosServeStage(PipelineStage):
         for name in ("negative_prompt", "num_frames", "height", "width", "seed", "guidance_scale", "num_inference_steps"):
             fields[name] = _first(getattr(sampling, name, None))
         image, video = _first(sampling.image_path), _first(sampling.video_path)
+        # Inputs are bounded before they are decoded, read at the output's size when it is known
+        # (else the model resizes them), and only the video frames the model uses are kept.
+        width, height = fields["width"], fields["height"]
+        size = (width, height) if isinstance(width, int) and isinstance(height, int) and min(width, height) > 0 else None
         if image:
-            fields["image"] = Image.open(image).convert("RGB")
+            fields["image"] = read_image(image, size=size)
         if video:
-            fields["video"] = read_video(video)
+            fields["video"], fields["video_skipped_frames"] = read_video_tail(video, size=size)
         return fields
 
 
