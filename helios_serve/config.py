@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field, replace
 
 from .hardware import ACCELERATORS
 from .model_executor.step_io import RunnerConfig, setting
+
+ORIGIN = re.compile(r"^https?://[^/?#\s]+$")
+"""A web origin as browsers send it: scheme and host (and port), nothing after."""
 
 # A forward of the 14B model at 384x640 has 11,040 tokens (spec §8.1).
 FULL_RES_TOKENS = 11_040
@@ -115,14 +119,44 @@ class ServerConfig:
     data_dir: str = setting("./helios-data", "job database and video files")
     retention_hours: float = setting(24.0, "finished videos are deleted this many hours after they finish")
     max_upload_mb: float = setting(64.0, "largest request body in MiB (image and video uploads)")
+    min_free_disk_mb: float = setting(
+        1024.0, "new videos are refused (507) while the data directory's disk has less free space than this, "
+                "in MiB, so running videos can still be written")
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+    allowed_hosts: str | None = setting(
+        None, "more names the server answers to, comma-separated ('*': any). It answers to its --host; bound to a "
+              "loopback address or 0.0.0.0 also to localhost, 127.0.0.1 and ::1, and bound to 0.0.0.0 to any IP "
+              "address. A request naming another Host is refused (400), so a web page cannot reach the server "
+              "through a DNS name it rebinds to the server's address (default: none)")
+    allowed_origins: str | None = setting(
+        None, "web origins (scheme://host[:port], comma-separated, '*': any) whose pages may call the API: they "
+              "get CORS headers, may POST and open the WebSocket; without this only the server's own pages may "
+              "(default: none)")
 
     def __post_init__(self) -> None:
+        for origin in self.allowed_origin_list:
+            if origin != "*" and not ORIGIN.match(origin):
+                raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://example.com:8443")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be from 1 to 65535, got {self.port}")
         for name in ("retention_hours", "max_upload_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.min_free_disk_mb < 0:
+            raise ValueError(f"min_free_disk_mb must be at least 0, got {self.min_free_disk_mb}")
+
+    @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        return _comma_list(self.allowed_hosts)
+
+    @property
+    def allowed_origin_list(self) -> tuple[str, ...]:
+        """Without a trailing slash, as browsers send them in the Origin header."""
+        return tuple(origin.rstrip("/") for origin in _comma_list(self.allowed_origins))
+
+
+def _comma_list(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in (text or "").split(",") if part.strip())
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,14 @@ class JobNotFoundError(LookupError):
     """No job has this id (or it expired or was deleted)."""
 
 
+class StorageError(OSError):
+    """The data directory or the job store cannot take a write (a full disk, an I/O error)."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The job store's database file cannot be opened (damaged, unreadable): the server cannot start."""
+
+
 class JobConflictError(Exception):
     """The job exists but is not in a state that allows this (e.g. its video is not ready)."""
 

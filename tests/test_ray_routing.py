@@ -99,7 +99,7 @@ def test_a_create_sent_again_with_the_ingress_job_id_is_not_made_twice(tmp_path)
     chosen = new_job_id()
     for instance, expect_chosen in (("replica-test", True), (None, False)):
         app = build_app(HeliosConfig(server=ServerConfig(data_dir=str(tmp_path / str(instance)))), replica_id=instance)
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://127.0.0.1") as client:  # a name the server answers to
             while client.get("/ready").status_code != 200:
                 time.sleep(0.1)
             ids = [client.post("/v1/videos", json=body, headers={JOB_ID_HEADER: chosen}).json()["id"]

@@ -18,6 +18,11 @@ def decode_mp4(data: bytes) -> np.ndarray:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
+def multipart(fields: dict) -> dict:
+    """Form fields as multipart/form-data (httpx's ``data=`` alone sends form-urlencoded, refused with 415)."""
+    return {name: (None, value) for name, value in fields.items()}
+
+
 def wait_for(client, video_id: str, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,7 +95,7 @@ def test_delete_cancels_a_running_job(openai_client, server):
 def test_json_body_and_sync_endpoint(server):
     created = httpx.post(f"{server.api}/videos", json={"prompt": "json body", "num_frames": 1, **SMALL, "seed": 9})
     assert created.status_code == 200 and created.json()["status"] in ("queued", "in_progress")
-    response = httpx.post(f"{server.api}/videos/sync", data={"prompt": "sync", "num_frames": "33", **SMALL},
+    response = httpx.post(f"{server.api}/videos/sync", files=multipart({"prompt": "sync", "num_frames": "33", **SMALL}),
                           timeout=60)
     assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
     assert decode_mp4(response.content).shape == (33, 64, 128, 3)
@@ -99,7 +104,7 @@ def test_json_body_and_sync_endpoint(server):
 def test_same_seed_same_video(server):
     def sync(seed):
         body = {"prompt": "determinism", "num_frames": "40", "seed": str(seed), **SMALL}
-        return decode_mp4(httpx.post(f"{server.api}/videos/sync", data=body, timeout=60).content)
+        return decode_mp4(httpx.post(f"{server.api}/videos/sync", files=multipart(body), timeout=60).content)
 
     a, b, c = sync(1), sync(1), sync(2)
     assert np.array_equal(a, b) and not np.array_equal(a, c)

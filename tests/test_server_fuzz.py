@@ -55,8 +55,10 @@ def test_fuzz_json_create(fuzz_server, body):
 @settings(max_examples=EXAMPLES["form"], deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=form_bodies, raw=st.binary(max_size=200), upload=st.sampled_from([None, "input_reference", "junk"]))
 def test_fuzz_multipart_and_raw(fuzz_server, body, raw, upload):
-    files = {upload: ("f.bin", raw, "application/octet-stream")} if upload else None
-    check(httpx.post(f"{fuzz_server.api}/videos", data=body, files=files, timeout=30))
+    files = {name: (None, value) for name, value in body.items()}  # multipart even without a file
+    if upload:
+        files[upload] = ("f.bin", raw, "application/octet-stream")
+    check(httpx.post(f"{fuzz_server.api}/videos", files=files, timeout=30))
     check(httpx.post(f"{fuzz_server.api}/videos", content=raw, headers={"content-type": "text/plain"}, timeout=30))
 
 

@@ -32,6 +32,18 @@ def _check_port(host: str, port: int) -> None:
             raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def _check_job_store(data_dir: str) -> None:
+    """Open the job store once: a file that is not one stops the start, naming the file."""
+    from ..errors import StoreUnavailableError
+    from ..jobs.storage import JobFiles
+    from ..jobs.store import JobStore
+
+    try:
+        JobStore(JobFiles(data_dir).database).close()
+    except StoreUnavailableError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -41,11 +53,12 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(HeliosConfig, args)  # a bad value is one clear error here
     server = config.server
-    # An unknown model is one clear error now, not a failed load later.
+    # An unknown model or a damaged job store is one clear error now, not a failed load later.
     if config.engine.simulate:
         simulated_variant(config.model.model)
     else:
         resolve_model(config.model.model)
+    _check_job_store(config.server.data_dir)
     _check_port(server.host, server.port)
     logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if config.scale_out.enabled:

@@ -13,13 +13,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sqlite3
 import time
 
-from ..errors import InvalidRequestError, JobNotFoundError, RequestCancelledError, RequestFailedError
+from ..errors import (
+    InvalidRequestError,
+    JobNotFoundError,
+    RequestCancelledError,
+    RequestFailedError,
+    StorageError,
+)
 from ..model_executor.step_io import RequestSpec
 from ..request import RequestStatus
 from ..sampling_params import VideoSamplingParams
-from ..video_io import read_image_bytes, read_video
+from ..video_io import read_image_bytes, read_video_tail
 from .sink import ChunkSink
 from .status import ACTIVE_STATUSES, CANCELLED, ChunkReady, JobEnded, JobEvent, JobStatus
 from .storage import JobFiles, new_job_id
@@ -27,19 +34,29 @@ from .store import JobRecord, JobStore
 
 logger = logging.getLogger(__name__)
 
+_UNREAD = object()
+"""Stands for an input file not decoded yet (JobManager._spec)."""
+
 
 class JobManager:
     def __init__(self, engine, files: JobFiles, store: JobStore, model_name: str, retention_s: float, metrics,
-                 owner: str | None = None):
-        """``metrics`` receives each job's timings (entrypoints/openai/metrics.py: ServerMetrics)."""
+                 owner: str | None = None, min_free_bytes: int = 0):
+        """``metrics`` receives each job's timings (entrypoints/openai/metrics.py: ServerMetrics);
+        new jobs are refused (StorageError) while the data directory has less than ``min_free_bytes`` free."""
         self.engine, self.files, self.store = engine, files, store
         self.model_name, self.retention_s = model_name, retention_s
         self.metrics = metrics
         self.owner = owner
         """This engine replica's id, recorded as the owner of its jobs (None for a single server)."""
+        self.min_free_bytes = min_free_bytes
         self._handles: dict[str, object] = {}  # job id -> engine RequestHandle, while the engine has it
         self._tasks: dict[str, asyncio.Task] = {}
         self._listeners: dict[str, set[asyncio.Queue]] = {}
+        # What a failing store could not record: final states (read over the row) and deletions.
+        self._unsaved: dict[str, dict] = {}
+        self._deleted: set[str] = set()
+        self.store_error: str | None = None
+        """The last write the store refused, until one succeeds again (reported by /health)."""
 
     # -- creating --------------------------------------------------------------------------------
     async def create(self, prompt: str, params: VideoSamplingParams, uploads: dict[str, bytes] | None = None, *,
@@ -51,6 +68,7 @@ class JobManager:
         mid-request: a job that already exists is returned, not made twice."""
         if job_id is not None and (existing := self.store.get(job_id)) is not None:
             return existing
+        self._check_free_space()
         job_id = job_id or new_job_id()
         settings = {"prompt": prompt, "priority": priority, "realtime": realtime, **params.to_fields()}
         # Decoding uploads can take a while: off the event loop, so other clients are not held up.
@@ -60,13 +78,21 @@ class JobManager:
             request=settings, width=spec.width, height=spec.height, num_frames=spec.output_frames,
             fps=params.fps or self.engine.variant.default_fps, total_chunks=spec.num_chunks, owner=self.owner,
         )
+        # The row first: a job the engine has always has a row (a restart resumes it), and a
+        # create that fails at any point leaves neither a row nor files nor engine work behind.
         try:
+            self._write(self.store.insert, record)
             self._submit(record, spec)
         except Exception:
-            self.files.remove(job_id)
+            self._forget(job_id)
             raise
-        self.store.insert(record)
         return record
+
+    def _check_free_space(self) -> None:
+        free = self.files.free_bytes()
+        if free < self.min_free_bytes:
+            raise StorageError(f"the server is low on disk space ({free // 2**20} MiB free, "
+                               f"{self.min_free_bytes // 2**20} MiB kept in reserve); delete videos or retry later")
 
     def _prepare(self, job_id: str, settings: dict, uploads: dict[str, bytes]) -> RequestSpec:
         try:
@@ -76,18 +102,44 @@ class JobManager:
         except ValueError as exc:
             self.files.remove(job_id)
             raise InvalidRequestError(str(exc)) from exc
+        except OSError as exc:
+            self.files.remove(job_id)
+            raise StorageError(f"the upload could not be stored: {exc.strerror or type(exc).__name__}") from None
+
+    def _forget(self, job_id: str) -> None:
+        """Undo a create: no row (if one was written), no files."""
+        self.files.remove(job_id)
+        try:
+            self.store.delete(job_id)
+        except sqlite3.Error:
+            logger.warning("could not remove the row of the failed create %s", job_id)
+
+    def _write(self, write, *args, **changes) -> None:
+        """A store write; StorageError when the store refuses it (a full disk, an I/O error)."""
+        try:
+            write(*args, **changes)
+        except sqlite3.Error as exc:
+            self.store_error = f"the job store refused a write: {exc}"
+            raise StorageError(f"the job store cannot be written ({exc}); retry later") from None
+        self.store_error = None
 
     def _spec(self, job_id: str, settings: dict) -> RequestSpec:
         """The engine spec of a job, from its stored settings and input files (also on resume)."""
         params = VideoSamplingParams.from_fields(settings)
         image, video = self.files.input(job_id, "image"), self.files.input(job_id, "video")
+        # Resolve before decoding, with stand-ins for the inputs (resolve only asks whether one is
+        # given): a model that takes no inputs refuses them undecoded, and they are read at the size
+        # the model will resize them to, keeping only the video frames it uses.
+        given = {"image": _UNREAD if image.exists() else None, "video": _UNREAD if video.exists() else None}
+        resolved = self.engine.resolve(settings["prompt"], params.with_updates(**given))
+        size = (resolved.width, resolved.height)
         if image.exists():
-            params = params.with_updates(image=read_image_bytes(image.read_bytes(), "input_reference"))
+            params = params.with_updates(image=read_image_bytes(image.read_bytes(), "input_reference", size=size))
         if video.exists():
-            frames = read_video(video, "video_reference")
-            if len(frames) < 33:
-                raise ValueError(f"video_reference needs at least 33 frames (one chunk), got {len(frames)}")
-            params = params.with_updates(video=frames)
+            tail = read_video_tail(video, "video_reference", size=size)
+            if len(tail.frames) < 33:
+                raise ValueError(f"video_reference needs at least 33 frames (one chunk), got {len(tail.frames)}")
+            params = params.with_updates(video=tail.frames, video_skipped_frames=tail.skipped_frames)
         return dataclasses.replace(self.engine.resolve(settings["prompt"], params), resumable=True)
 
     def _submit(self, record: JobRecord, spec: RequestSpec) -> None:
@@ -118,15 +170,16 @@ class JobManager:
                 last_chunk_time = now
                 await asyncio.to_thread(sink.write, chunk)
                 metrics.frames.inc(len(chunk.frames))
-                self.store.update(job_id, status=JobStatus.IN_PROGRESS, chunks_completed=chunk.chunk_index + 1,
-                                  progress=self._percent(handle.progress()), timings=timings)
+                self._write(self.store.update, job_id, status=JobStatus.IN_PROGRESS,
+                            chunks_completed=chunk.chunk_index + 1, progress=self._percent(handle.progress()),
+                            timings=timings)
                 self._publish(job_id, ChunkReady(chunk.chunk_index, len(chunk.frames), record.total_chunks))
             timings["inference_time_s"] = time.monotonic() - submitted + timings.get("inference_time_s", 0.0)
             if (queued := handle.progress().queue_time_s) is not None:
                 timings.setdefault("queue_time_s", queued)
             now = int(time.time())
-            self.store.update(job_id, status=JobStatus.COMPLETED, progress=100, completed_at=now,
-                              expires_at=now + int(self.retention_s), timings=timings)
+            self._write(self.store.update, job_id, status=JobStatus.COMPLETED, progress=100, completed_at=now,
+                        expires_at=now + int(self.retention_s), timings=timings)
             metrics.completed.inc()
             self._publish(job_id, JobEnded(JobStatus.COMPLETED))
         except RequestCancelledError as exc:
@@ -136,8 +189,15 @@ class JobManager:
         except RequestFailedError as exc:
             metrics.failed.inc()
             self._fail(job_id, "generation_failed", str(handle.progress().error or exc))
+        except OSError as exc:  # a full disk or an I/O error while writing the video or its row
+            logger.error("job %s failed: cannot write its video: %s", job_id, exc)
+            self.engine.abort(job_id)
+            metrics.failed.inc()
+            reason = str(exc) if isinstance(exc, StorageError) else exc.strerror or type(exc).__name__
+            self._fail(job_id, "storage_error", f"the video could not be written: {reason}")
         except Exception as exc:  # noqa: BLE001 - a job's failure must not take the server down
             logger.exception("job %s failed", job_id)
+            self.engine.abort(job_id)
             metrics.failed.inc()
             self._fail(job_id, "internal_error", f"{type(exc).__name__} while writing the video")
         finally:
@@ -145,19 +205,27 @@ class JobManager:
             self._tasks.pop(job_id, None)
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
-        if self.store.get(job_id) is None:
+        """Record a job's failure and tell its listeners; if the store refuses the write, the
+        failure is kept in memory (reads see it) so no listener waits forever."""
+        if job_id in self._deleted or self.store.get(job_id) is None:
             return  # deleted meanwhile
         now = int(time.time())
-        self.store.update(job_id, status=JobStatus.FAILED, error_code=code, error_message=message, completed_at=now,
-                          expires_at=now + int(self.retention_s))
+        changes = dict(status=JobStatus.FAILED, error_code=code, error_message=message, completed_at=now,
+                       expires_at=now + int(self.retention_s))
+        try:
+            self._write(self.store.update, job_id, **changes)
+        except StorageError:
+            self._unsaved[job_id] = changes
         self._publish(job_id, JobEnded(JobStatus.FAILED, code, message))
 
     # -- reading -----------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
-        record = self.store.get(job_id) if job_id.startswith("video_") else None
+        known = job_id.startswith("video_") and job_id not in self._deleted
+        record = self.store.get(job_id) if known else None
         if record is None:
             raise JobNotFoundError(f"no video with id {job_id!r}")
-        return record
+        unsaved = self._unsaved.get(job_id)
+        return dataclasses.replace(record, **unsaved) if unsaved else record
 
     @staticmethod
     def _percent(progress) -> int:
@@ -215,9 +283,27 @@ class JobManager:
         task = self._tasks.get(job_id)
         if task is not None:
             await asyncio.wait([task], timeout=10)
-        self.store.delete(job_id)
-        self.files.remove(job_id)
+        self.files.remove(job_id)  # the space first: a full disk is when deleting matters most
+        self._delete_row(job_id)
         self._publish(job_id, JobEnded(JobStatus.FAILED, CANCELLED, "the video was deleted"))
+
+    def _delete_row(self, job_id: str) -> None:
+        """Delete a row; if the store refuses, the job reads as deleted and the row goes later."""
+        self._deleted.add(job_id)
+        self._unsaved.pop(job_id, None)
+        try:
+            self._write(self.store.delete, job_id)
+        except StorageError as exc:
+            logger.warning("%s: its files are deleted, its row will be when the store can be written (%s)", job_id, exc)
+            return
+        self._deleted.discard(job_id)
+
+    def storage_problem(self) -> str | None:
+        """Why new videos cannot be stored now (low disk space, a store refusing writes), or None."""
+        free = self.files.free_bytes()
+        if free < self.min_free_bytes:
+            return f"{free // 2**20} MiB free, below the {self.min_free_bytes // 2**20} MiB reserve"
+        return self.store_error
 
     def resume_interrupted(self) -> list[str]:
         """Restart the jobs a crash or restart interrupted, each from its last completed chunk."""
@@ -249,9 +335,12 @@ class JobManager:
             return False
 
     def delete_expired(self) -> int:
+        """Delete expired videos (and rows a failing store could not delete before)."""
+        for job_id in list(self._deleted):
+            self._delete_row(job_id)
         expired = self.store.expired(int(time.time()))
         for job_id in expired:
             if job_id not in self._handles:
-                self.store.delete(job_id)
                 self.files.remove(job_id)
+                self._delete_row(job_id)
         return len(expired)

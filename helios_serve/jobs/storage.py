@@ -60,6 +60,9 @@ class JobFiles:
             count += 1
         return count
 
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
     def remove(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..errors import StoreUnavailableError
 from .status import JobStatus
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS videos (
@@ -70,27 +74,75 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
+        """The record of a row; ValueError (or TypeError) if any column holds what no writer writes."""
         values = dict(row)
         values.pop("seq", None)
-        values["request"] = json.loads(values.pop("request_json"))
-        values["timings"] = json.loads(values.pop("timings_json"))
+        values["request"] = _json_object(values.pop("request_json"))
+        values["timings"] = _json_object(values.pop("timings_json"))
         values["status"] = JobStatus(values["status"])
+        for item in fields(cls):
+            value = values[item.name]
+            if item.type in INTEGER_FIELDS and not (value is None and "None" in item.type):
+                if type(value) is not int:
+                    raise ValueError(f"{item.name} is {value!r}, not an integer")
+            elif item.type in TEXT_FIELDS and not (value is None and "None" in item.type):
+                if not isinstance(value, str):
+                    raise ValueError(f"{item.name} is {value!r}, not text")
         return cls(**values)
+
+    @classmethod
+    def quarantined(cls, row: sqlite3.Row, reason: str) -> JobRecord:
+        """What is reported for a damaged row: a failed job that is never resumed."""
+        job_id = row["id"] if isinstance(row["id"], str) else f"damaged row {row['seq']}"
+        return cls(id=job_id, model="", prompt="", status=JobStatus.FAILED, created_at=0, request={}, width=0, height=0,
+                   num_frames=0, fps=1, total_chunks=0, error_code=DAMAGED_RECORD,
+                   error_message=f"this video's record is damaged ({reason}); it was set aside")
+
+
+DAMAGED_RECORD = "damaged_record"
+INTEGER_FIELDS = {"int", "int | None"}
+TEXT_FIELDS = {"str", "str | None"}
+
+
+def _json_object(text) -> dict:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 class JobStore:
     """Thread-safe (one connection, one lock); every write is committed at once."""
 
     def __init__(self, path: str | Path):
-        # Several processes (engine replicas) may share the file: wait for each other's writes.
-        self._connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self._connection.row_factory = sqlite3.Row
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute(SCHEMA)
-        columns = {row["name"] for row in self._connection.execute("PRAGMA table_info(videos)")}
-        if "owner" not in columns:  # a store written before replicas existed
-            self._connection.execute("ALTER TABLE videos ADD COLUMN owner TEXT")
+        """Raises StoreUnavailableError, naming the file, when it cannot be opened as a job store."""
+        try:
+            self._connection = self._open(path)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"the job store {path} cannot be opened: {exc}") from None
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _open(path: str | Path) -> sqlite3.Connection:
+        # Several processes (engine replicas) may share the file: wait for each other's writes.
+        connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(SCHEMA)
+        columns = {row["name"] for row in connection.execute("PRAGMA table_info(videos)")}
+        if "owner" not in columns:  # a store written before replicas existed
+            connection.execute("ALTER TABLE videos ADD COLUMN owner TEXT")
+        return connection
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> JobRecord:
+        """A row's record, or a quarantined one (logged) if the row is damaged: one bad row
+        must not stop the others being listed or resumed."""
+        try:
+            return JobRecord.from_row(row)
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("job store row %s is damaged and set aside: %s", row["seq"], exc)
+            return JobRecord.quarantined(row, str(exc))
 
     def insert(self, record: JobRecord) -> None:
         row = record.to_row()
@@ -120,7 +172,7 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._connection.execute("SELECT * FROM videos WHERE id = ?", (job_id,)).fetchone()
-        return JobRecord.from_row(row) if row else None
+        return self._record(row) if row else None
 
     def delete(self, job_id: str) -> None:
         with self._lock:
@@ -141,13 +193,14 @@ class JobStore:
         params.append(limit + 1)
         with self._lock:
             rows = self._connection.execute(query, params).fetchall()
-        return [JobRecord.from_row(r) for r in rows[:limit]], len(rows) > limit
+        return [self._record(r) for r in rows[:limit]], len(rows) > limit
 
     def with_status(self, statuses: tuple[str, ...]) -> list[JobRecord]:
         marks = ", ".join("?" * len(statuses))
         with self._lock:
             rows = self._connection.execute(f"SELECT * FROM videos WHERE status IN ({marks}) ORDER BY seq", statuses)
-            return [JobRecord.from_row(r) for r in rows.fetchall()]
+            records = [self._record(r) for r in rows.fetchall()]
+        return [r for r in records if r.status in statuses]  # a damaged row is reported failed
 
     def expired(self, now: int) -> list[str]:
         with self._lock:

@@ -3,12 +3,14 @@ health, readiness and metrics.
 
 Routes only translate HTTP to the JobManager (jobs/manager.py) and back; errors of the layers
 below go through one table (errors.py) to OpenAI-style error bodies
-({"error": {"message", "type", "param", "code"}}), never stack traces.
+({"error": {"message", "type", "param", "code"}}), never stack traces or server paths. Every
+request first passes web_safety.py's Host, Origin and Content-Type checks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -16,21 +18,24 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
+from starlette.routing import Match
 
 from ...config import HeliosConfig
-from ...errors import JobConflictError
+from ...errors import JobConflictError, JobNotFoundError
 from ...jobs.manager import JobManager
 from ...jobs.status import JobStatus
 from ...jobs.store import JobRecord
 from .body import BodyTooLarge, BodySizeLimit, parse_create_request
-from .errors import ERROR_TABLE, ApiError, api_error, error_body
+from .errors import ERROR_TABLE, ApiError, InternalErrorsAsJson, api_error, error_body, public_message
 from .metrics import ServerMetrics
 from .protocol import ModelCard, ModelList, VideoCreateRequest, VideoDeleted, VideoList, VideoObject, video_object
 from .replica import requested_job_id
+from .web_safety import HostPolicy, OriginPolicy, WebSafety
 
 logger = logging.getLogger(__name__)
 POLL_AFTER_MS = "500"
@@ -48,7 +53,7 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.engine = None
         self.jobs: JobManager | None = None
-        self.load_error: str | None = None
+        self._load_error: str | None = None
         self.started = time.time()
         self.warmup_seconds: float | None = None
         """How long the start-up warm-up (one chunk at the serving geometry) took."""
@@ -56,6 +61,16 @@ class ServerState:
     @property
     def ready(self) -> bool:
         return self.jobs is not None
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the model or the jobs failed to load, as clients see it (/ready, /health, 503s):
+        without the server's paths, which the log keeps."""
+        return self._load_error
+
+    @load_error.setter
+    def load_error(self, message: str | None) -> None:
+        self._load_error = public_message(message) if message is not None else None
 
     def require_jobs(self) -> JobManager:
         if self.jobs is None:
@@ -103,13 +118,18 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
     app = FastAPI(title="helios-serve", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-style video generation API for the Helios models.")
     app.state.server = state
-    app.add_middleware(BodySizeLimit, max_bytes=int(config.server.max_upload_mb * 2**20))
+    install_middleware(app, config, behind_ingress=replica_id is not None)
     install_error_handlers(app)
     auth = [Depends(state.authorize)]
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
+    async def health():
+        """503 when the service cannot serve (its model or job store failed to load); 200 with
+        status "degraded" when it serves but cannot store new videos (low disk, a failing store)."""
+        if state.load_error:
+            return JSONResponse({"status": "failed", "detail": state.load_error}, status_code=503)
+        storage = state.jobs.storage_problem() if state.jobs is not None else None
+        return {"status": "degraded", "storage": storage} if storage else {"status": "ok"}
 
     @app.get("/ready")
     async def ready():
@@ -140,7 +160,11 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
         body, uploads = await parse_create_request(request)
         record = await state.create_job(body, uploads, requested_job_id(request, state))
         jobs = state.require_jobs()
-        final = await jobs.wait_final(record.id)
+        final = await until_disconnected(request, jobs.wait_final(record.id))
+        if final is None:  # nobody is left to send the video to: stop making it
+            with contextlib.suppress(JobNotFoundError):
+                await jobs.delete(record.id)  # the engine aborts it; counted as cancelled
+            return Response(status_code=499)
         if final.status is JobStatus.FAILED:
             raise ApiError(500, final.error_code or "generation_failed", final.error_message or "generation failed")
         return FileResponse(jobs.files.video(record.id), media_type="video/mp4", filename=f"{record.id}.mp4")
@@ -191,6 +215,39 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
         install_replica_routes(app, state, auth)
     install_openapi_schema(app)
     return app
+
+
+async def until_disconnected(request: Request, work):
+    """``work``'s result, or None (and ``work`` cancelled) if the client disconnects first.
+
+    Once the body is read, the next ASGI message of a request is its client's disconnect."""
+
+    async def disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    tasks = [asyncio.ensure_future(work), asyncio.ensure_future(disconnect())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return tasks[0].result() if tasks[0] in done else None
+
+
+def install_middleware(app: FastAPI, config: HeliosConfig, behind_ingress: bool) -> None:
+    """Outermost first: internal errors as JSON 500s (catching those of the middleware too);
+    CORS for --allowed-origins (so its headers are on refusals too); Host, Origin and
+    Content-Type checks; the body size limit."""
+    server = config.server
+    hosts = HostPolicy.for_server(server, behind_ingress)
+    app.add_middleware(BodySizeLimit, max_bytes=int(server.max_upload_mb * 2**20))
+    app.add_middleware(WebSafety, hosts=hosts, origins=OriginPolicy.for_server(server, hosts, behind_ingress))
+    if server.allowed_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=list(server.allowed_origin_list),
+                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["authorization", "content-type"],
+                           expose_headers=["openai-poll-after-ms", "retry-after"], max_age=600)
+    app.add_middleware(InternalErrorsAsJson)
 
 
 def install_openapi_schema(app: FastAPI) -> None:
@@ -245,9 +302,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return answer(ApiError(exc.status_code, "http_error", str(exc.detail)))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return answer(ApiError(exc.status_code, "http_error", str(exc.detail), headers=headers or None))
+    # Any other exception: InternalErrorsAsJson (install_middleware) answers a JSON 500.
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return answer(ApiError(500, "internal_error", "internal server error"))
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route takes at this path. Starlette's own 405 names only those of the
+    first route with the path, and /v1/videos has one route per method."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))

@@ -11,7 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from ...sampling_params import FIELDS
-from .errors import invalid
+from .errors import ApiError, invalid
 from .protocol import VideoCreateRequest
 
 LIST_FIELDS = {name for name, item in FIELDS.items() if item.metadata["kind"] == tuple[int, ...]}
@@ -60,25 +60,66 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+MAX_JSON_DEPTH = 64
+"""Deeper JSON is refused: no request needs it, and Python's parser recurses on nesting."""
+
+
+def parse_json(text: str | bytes, what: str = "the body", param: str | None = None):
+    """JSON from a client, no deeper than MAX_JSON_DEPTH; ApiError (400 too deep, 422 not JSON)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise too_deep(what, param) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"{what} is not valid JSON: {exc}", param) from None
+    if nested_deeper_than(value, MAX_JSON_DEPTH):
+        raise too_deep(what, param)
+    return value
+
+
+def too_deep(what: str, param: str | None) -> ApiError:
+    return ApiError(400, "nesting_too_deep", f"{what} is nested more than {MAX_JSON_DEPTH} levels deep", param)
+
+
+def nested_deeper_than(value, limit: int) -> bool:
+    """Whether lists and objects nest more than ``limit`` levels (walked without recursion)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _form_value(name: str, values: list[str]):
     """Multipart fields arrive as strings; lists come repeated (key[]), as JSON or comma-separated."""
     if name in LIST_FIELDS:
         if len(values) == 1:
             text = values[0].strip()
             if text.startswith("["):
-                return json.loads(text)
+                return parse_json(text, name, name)
             return [part.strip() for part in text.split(",") if part.strip()]
         return values
     if name == "extra_params":
-        return json.loads(values[0])
+        return parse_json(values[0], name, name)
     return values[-1]
 
 
+def media_type(content_type: str) -> str:
+    """``multipart/form-data; boundary=x`` -> ``multipart/form-data``."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
 async def parse_create_request(request: Request) -> tuple[VideoCreateRequest, dict[str, bytes]]:
-    """(validated request, uploaded files by kind). Raises ValidationError or ApiError (422)."""
-    content_type = request.headers.get("content-type", "")
+    """(validated request, uploaded files by kind). Raises ValidationError or ApiError (4xx).
+
+    The body is JSON or multipart (web_safety.py refuses other types before a route runs)."""
     uploads: dict[str, bytes] = {}
-    if content_type.startswith("multipart/form-data") or content_type.startswith("application/x-www-form-urlencoded"):
+    if media_type(request.headers.get("content-type", "")) == "multipart/form-data":
         form = await request.form(max_files=4, max_fields=200)
         fields: dict[str, list[str]] = {}
         for raw_name, value in form.multi_items():
@@ -89,15 +130,9 @@ async def parse_create_request(request: Request) -> tuple[VideoCreateRequest, di
                 uploads[FILE_FIELDS[name]] = await value.read()
                 continue
             fields.setdefault(name, []).append(value)
-        try:
-            data = {name: _form_value(name, values) for name, values in fields.items()}
-        except json.JSONDecodeError as exc:
-            raise invalid(f"a form field is not valid JSON: {exc}") from None
+        data = {name: _form_value(name, values) for name, values in fields.items()}
     else:
-        try:
-            data = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise invalid(f"the body is not valid JSON: {exc}") from None
+        data = parse_json(await request.body() or b"null")
         if not isinstance(data, dict):
             raise invalid("the body must be a JSON object")
         for name, kind in FILE_FIELDS.items():

@@ -12,6 +12,7 @@ from ...jobs.manager import JobManager
 from ...jobs.status import JobStatus
 from ...jobs.store import JobRecord
 from ...sampling_params import EXTRA_PARAM_FIELDS, MAX_FRAMES, WIRE_FIELDS, VideoSamplingParams, pydantic_field
+from .errors import public_message
 
 SIZE_PATTERN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 DEFAULT_FPS = 24
@@ -153,7 +154,8 @@ class ModelList(BaseModel):
 def video_object(jobs: JobManager, record: JobRecord) -> VideoObject:
     """The job as the API shows it; while the engine runs it, status and progress are live."""
     status, progress = jobs.current(record)
-    error = VideoError(code=record.error_code, message=record.error_message) if record.error_code else None
+    error = VideoError(code=record.error_code, message=public_message(record.error_message or "")) \
+        if record.error_code else None
     timings = record.timings
     return VideoObject(
         id=record.id, model=record.model, status=status, progress=progress, created_at=record.created_at,

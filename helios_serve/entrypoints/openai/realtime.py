@@ -5,20 +5,22 @@ server: {"type": "video.start", ...}; per chunk {"type": "video.chunk_metadata",
 binary frame of fragmented MP4 (the first carries the init segment too, so the concatenated
 frames are one playable file); finally {"type": "session.done", ...}.
 client may send session.ping (-> session.pong) and session.stop (cancels the generation).
+A browser may open it only from the server's own pages or an --allowed-origins origin
+(web_safety.py refuses the handshake otherwise).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from ...errors import JobNotFoundError
 from ...jobs.status import CANCELLED, ChunkReady, JobStatus
-from .errors import ERROR_TABLE, ApiError, api_error
+from .body import parse_json
+from .errors import ERROR_TABLE, ApiError, api_error, public_message
 from .protocol import VideoCreateRequest
 
 START_TIMEOUT_S = 10.0
@@ -41,8 +43,13 @@ def install_realtime(app: FastAPI, state) -> None:
 
 
 async def _error_and_close(websocket: WebSocket, code: str, message: str) -> None:
-    await websocket.send_json({"type": "error", "code": code, "message": message})
+    await websocket.send_json({"type": "error", "code": code, "message": public_message(message)})
     await websocket.close()
+
+
+async def _receive_message(websocket: WebSocket):
+    """The client's next message, parsed as JSON no deeper than body.py allows (ApiError)."""
+    return parse_json(await websocket.receive_text(), "the message")
 
 
 class Session:
@@ -52,8 +59,11 @@ class Session:
 
     async def run(self) -> None:
         try:
-            message = await asyncio.wait_for(self.websocket.receive_json(), timeout=START_TIMEOUT_S)
-        except (asyncio.TimeoutError, json.JSONDecodeError, KeyError):
+            message = await asyncio.wait_for(_receive_message(self.websocket), timeout=START_TIMEOUT_S)
+        except ApiError as exc:
+            await _error_and_close(self.websocket, exc.code, exc.message)
+            return
+        except (asyncio.TimeoutError, KeyError):
             await _error_and_close(self.websocket, "invalid_request", "expected a session.start message")
             return
         if not isinstance(message, dict) or message.get("type") != "session.start":
@@ -95,7 +105,7 @@ class Session:
             status = CANCELLED if event.error_code == CANCELLED else event.status
             if status is JobStatus.FAILED:
                 await self.websocket.send_json({"type": "error", "code": event.error_code,
-                                                "message": event.error_message})
+                                                "message": public_message(event.error_message or "")})
             await self.websocket.send_json({"type": "session.done", "status": status, "request_id": record.id,
                                             "num_chunks": sent})
             await self.websocket.close()
@@ -116,7 +126,7 @@ class Session:
         """Client messages during generation: ping, stop; a disconnect cancels too."""
         try:
             while True:
-                message = await self.websocket.receive_json()
+                message = await _receive_message(self.websocket)
                 kind = message.get("type") if isinstance(message, dict) else None
                 if kind == "session.ping":
                     await self.websocket.send_json({"type": "session.pong"})
@@ -127,7 +137,7 @@ class Session:
                     await self.websocket.send_json({"type": "error", "code": "interaction_failed",
                                                     "message": "this model does not take interactions",
                                                     "event_id": (message.get("interaction") or {}).get("event_id")})
-        except (WebSocketDisconnect, RuntimeError, json.JSONDecodeError):
+        except (WebSocketDisconnect, RuntimeError, ApiError):
             with contextlib.suppress(JobNotFoundError):
                 if self.job_id and jobs.live_progress(self.job_id) is not None:
                     await jobs.delete(self.job_id)

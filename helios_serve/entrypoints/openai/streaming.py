@@ -4,29 +4,92 @@ SSE (GET /v1/videos/{id}/events): ``progress`` events as the engine steps, ``chu
 chunks are written, then ``completed`` or ``failed``. HLS (GET /v1/videos/{id}/stream.m3u8):
 an EVENT playlist of fMP4 segments, one per chunk, that grows as chunks arrive and ends with
 #EXT-X-ENDLIST; any HLS player can play the video while it is generated.
+
+A player fetches the playlist's segments without our headers, so on a server with an API key
+each segment URI carries a short-lived token signed for that video (``StreamTokens``), never
+the key itself; GET /v1/videos/{id}/stream_url gives a playlist URL with one, for players that
+cannot send the key at all (the playground's native-HLS fallback).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import json
 import math
 import re
+import time
+from urllib.parse import urlencode
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from ...errors import JobConflictError
 from ...jobs.status import ChunkReady, JobStatus
 from ...model_executor.step_io import chunk_frame_counts
-from .errors import ApiError
+from .errors import ApiError, public_message
 from .protocol import video_object
 
 PROGRESS_INTERVAL_S = 0.1
 SEGMENT_NAME = re.compile(r"^(init\.mp4|seg_\d{5}\.m4s)$")
+STREAM_TOKEN_TTL_S = 3600
+"""How long a stream token is good for. Each playlist fetch signs its segment URIs afresh; a
+stream_url's own token bounds how long one player may follow the playlist."""
+
+
+class StreamTokens:
+    """Tokens that open one video's playlist and segments until they expire:
+    ``EXPIRY.SIGNATURE``, the signature an HMAC-SHA256 of the video id and the expiry.
+
+    The secret is derived from the API key, so every replica of a Ray deployment and a restarted
+    server accept the same tokens, and changing the key revokes them all. Without a key nothing
+    is signed: the stream needs no authorization then."""
+
+    def __init__(self, api_key: str | None, clock=time.time):
+        self.clock = clock
+        self.secret = hmac.new(api_key.encode(), b"helios-serve stream token", hashlib.sha256).digest() \
+            if api_key is not None else None
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret is not None
+
+    def issue(self, video_id: str) -> tuple[str, int]:
+        """(token, its expiry in Unix seconds)."""
+        expires = int(self.clock()) + STREAM_TOKEN_TTL_S
+        return f"{expires}.{self._signature(video_id, expires)}", expires
+
+    def valid(self, video_id: str, token: str) -> bool:
+        expiry, _, signature = token.partition(".")
+        if not self.enabled or not expiry.isdigit() or len(expiry) > 12 or int(expiry) < self.clock():
+            return False
+        return hmac.compare_digest(signature.encode(), self._signature(video_id, int(expiry)).encode())
+
+    def _signature(self, video_id: str, expires: int) -> str:
+        digest = hmac.new(self.secret, f"{video_id}\n{expires}".encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def install_streaming(app: FastAPI, state, auth) -> None:
+    tokens = StreamTokens(state.config.server.api_key)
+
+    def authorize_stream(video_id: str, request: Request) -> None:
+        """A token signed for this video opens its playlist and segments; else the API key."""
+        token = request.query_params.get("token")
+        if token is None or not tokens.valid(video_id, token):
+            state.authorize(request)
+
+    def token_query(video_id: str) -> tuple[str, int | None]:
+        """(the query that opens this video's stream, or "" without a key; when it expires)."""
+        if not tokens.enabled:
+            return "", None
+        token, expires = tokens.issue(video_id)
+        return "?" + urlencode({"token": token}), expires
+
+    stream_auth = [Depends(authorize_stream)]
+
     @app.get("/v1/videos/{video_id}/events", dependencies=auth)
     async def events(video_id: str) -> StreamingResponse:
         jobs = state.require_jobs()
@@ -34,17 +97,24 @@ def install_streaming(app: FastAPI, state, auth) -> None:
         return StreamingResponse(_event_stream(jobs, video_id), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.get("/v1/videos/{video_id}/stream.m3u8", dependencies=auth)
-    async def playlist(video_id: str, request: Request) -> Response:
+    @app.get("/v1/videos/{video_id}/stream_url", dependencies=auth)
+    async def stream_url(video_id: str) -> dict:
+        """The playlist's URL (relative to the server) with a token in it, for a player that
+        cannot send the API key; it works for STREAM_TOKEN_TTL_S seconds."""
+        state.require_jobs().get(video_id)
+        query, expires = token_query(video_id)
+        return {"url": f"/v1/videos/{video_id}/stream.m3u8{query}", "expires_at": expires}
+
+    @app.get("/v1/videos/{video_id}/stream.m3u8", dependencies=stream_auth)
+    async def playlist(video_id: str) -> Response:
         record = state.require_jobs().get(video_id)
         if record.status is JobStatus.FAILED:
             raise JobConflictError(f"video {video_id} failed: {record.error_message}", "video_failed")
-        key = request.query_params.get("api_key")
         text = hls_playlist(record.chunks_completed, record.num_frames, record.fps,
-                            record.status is JobStatus.COMPLETED, f"?api_key={key}" if key else "")
+                            record.status is JobStatus.COMPLETED, token_query(video_id)[0])
         return Response(text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/v1/videos/{video_id}/stream/{name}", dependencies=auth)
+    @app.get("/v1/videos/{video_id}/stream/{name}", dependencies=stream_auth)
     async def segment(video_id: str, name: str) -> Response:
         jobs = state.require_jobs()
         jobs.get(video_id)
@@ -60,7 +130,13 @@ def install_streaming(app: FastAPI, state, auth) -> None:
         return Response(data, media_type="video/mp4" if name.endswith(".mp4") else "video/iso.segment")
 
 
+PLAYLIST_QUERY = re.compile(r"(\?[\w.~%=&-]*)?", re.ASCII)
+"""What may follow a URI in the playlist: a URL-encoded query (no quote, no line break)."""
+
+
 def hls_playlist(chunks_done: int, num_frames: int, fps: int, complete: bool, query: str = "") -> str:
+    if not PLAYLIST_QUERY.fullmatch(query):  # it would end the URI, or the line, and add playlist lines
+        raise ValueError(f"not a URL-encoded query: {query!r}")
     counts = chunk_frame_counts(num_frames)
     lines = [
         "#EXTM3U",
@@ -109,7 +185,8 @@ async def _event_stream(jobs, video_id: str):
                 continue
             record = jobs.store.get(video_id)
             if record is None:  # deleted
-                yield _sse(JobStatus.FAILED, {"code": event.error_code, "message": event.error_message})
+                message = public_message(event.error_message or "")
+                yield _sse(JobStatus.FAILED, {"code": event.error_code, "message": message})
             else:
                 yield _final(video_object(jobs, record))
             return
