@@ -197,3 +197,18 @@ def test_a_damaged_database_file_stops_the_start_naming_the_file(tmp_path):
                               "--port", "1"], capture_output=True, text=True, timeout=120)
     assert started.returncode == 2
     assert "jobs.sqlite3 cannot be opened" in started.stderr and "Traceback" not in started.stderr
+
+
+def test_health_is_503_when_the_service_cannot_serve(tmp_path):
+    """A model that failed to load: /health fails (a probe restarts the server), and says why."""
+    from fastapi.testclient import TestClient
+
+    from helios_serve.config import HeliosConfig, ServerConfig
+    from helios_serve.entrypoints.openai.api_server import build_app
+
+    app = build_app(HeliosConfig(server=ServerConfig(data_dir=str(tmp_path))))
+    client = TestClient(app, base_url="http://127.0.0.1")  # no lifespan: nothing loads
+    assert client.get("/health").json() == {"status": "ok"}
+    app.state.server.load_error = "loading helios-tiny failed: out of memory"
+    health = client.get("/health")
+    assert health.status_code == 503 and health.json()["detail"] == "loading helios-tiny failed: out of memory"
