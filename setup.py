@@ -69,6 +69,7 @@ setup(
             "openai>=2.0",  # the official SDK's client.videos, against our server
             "websockets>=13",
             "hypothesis>=6.100",  # API fuzzing
+            "schemathesis>=4.30,<5",  # the OpenAPI schema checked against the live server
             "setuptools>=70",  # builds the wheel checked by tests/test_packaging.py
             "matplotlib>=3.8",  # benchmarks/plot.py
             "playwright>=1.50",  # the playground in Debian's Chromium (no browser download)

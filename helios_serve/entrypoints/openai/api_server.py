@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import HTTPConnection
@@ -32,6 +32,7 @@ from ...jobs.status import JobStatus
 from ...jobs.store import JobRecord
 from .body import BodyTooLarge, BodySizeLimit, parse_create_request
 from .errors import ERROR_TABLE, ApiError, InternalErrorsAsJson, api_error, error_body, public_message
+from . import openapi
 from .metrics import ServerMetrics
 from .protocol import ModelCard, ModelList, VideoCreateRequest, VideoDeleted, VideoList, VideoObject, video_object
 from .replica import requested_job_id
@@ -139,7 +140,7 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         waiting, running = state.engine.queue_depth() if state.engine is not None else (0, 0)
         return Response(state.metrics.exposition(waiting, running), media_type="text/plain; version=0.0.4")
@@ -213,7 +214,7 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
         from .replica import install_replica_routes
 
         install_replica_routes(app, state, auth)
-    install_openapi_schema(app)
+    openapi.install(app)
     return app
 
 
@@ -248,21 +249,6 @@ def install_middleware(app: FastAPI, config: HeliosConfig, behind_ingress: bool)
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["authorization", "content-type"],
                            expose_headers=["openai-poll-after-ms", "retry-after"], max_age=600)
     app.add_middleware(InternalErrorsAsJson)
-
-
-def install_openapi_schema(app: FastAPI) -> None:
-    """The create routes read JSON or multipart themselves; publish their body model in the schema."""
-    from fastapi.openapi.utils import get_openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            body = VideoCreateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-            schema.setdefault("components", {}).setdefault("schemas", {})["VideoCreateRequest"] = body
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi
 
 
 CREATE_BODY_SCHEMA = {
