@@ -212,3 +212,19 @@ def test_health_is_503_when_the_service_cannot_serve(tmp_path):
     app.state.server.load_error = "loading helios-tiny failed: out of memory"
     health = client.get("/health")
     assert health.status_code == 503 and health.json()["detail"] == "loading helios-tiny failed: out of memory"
+
+
+def test_a_model_that_fails_to_load_stops_serve_with_the_cause(tmp_path):
+    """A checkpoint folder whose scheduler config is missing: `serve` exits 1 with one line that
+    says so, instead of staying up unready."""
+    from live_server import free_port
+
+    checkpoint = tmp_path / "broken-checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "model_index.json").write_text('{"_class_name": "HeliosPyramidPipeline"}')
+    started = subprocess.run([sys.executable, "-m", "helios_serve.cli", "serve", str(checkpoint), "--port",
+                              str(free_port()), "--data-dir", str(tmp_path / "data"), "--log-level", "error"],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 1, started.stderr[-2000:]
+    last = started.stderr.strip().splitlines()[-1]
+    assert last.startswith("helios-serve: error: loading") and "scheduler_config.json is missing" in last

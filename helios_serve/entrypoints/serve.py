@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import socket
+import sys
 
 from ..config import HeliosConfig, add_config_arguments, config_from_args
 
@@ -71,5 +72,12 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"  playground  {base}/   (open it in a browser)", flush=True)
     print(f"  API         {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)
     print(f"  docs        {base}/docs; readiness {base}/ready; metrics {base}/metrics", flush=True)
-    uvicorn.run(build_app(config), host=server.host, port=server.port, log_level=server.log_level, access_log=False)
+    app = build_app(config)
+    runner = uvicorn.Server(uvicorn.Config(app, host=server.host, port=server.port, log_level=server.log_level,
+                                           access_log=False))
+    app.state.server.stop_serving = lambda: setattr(runner, "should_exit", True)
+    runner.run()
+    if app.state.server.load_error:
+        print(f"helios-serve: error: {app.state.server.load_error}", file=sys.stderr)
+        return 1
     return 0

@@ -55,6 +55,9 @@ class ServerState:
         self.engine = None
         self.jobs: JobManager | None = None
         self._load_error: str | None = None
+        self.stop_serving = None
+        """Set by `serve`: called when the model fails to load, so the process exits non-zero
+        naming the cause instead of staying up unready (a replica of Ray Serve stays up)."""
         self.started = time.time()
         self.warmup_seconds: float | None = None
         """How long the start-up warm-up (one chunk at the serving geometry) took."""

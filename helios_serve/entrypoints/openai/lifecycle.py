@@ -39,9 +39,11 @@ async def load_engine(state) -> None:
         resumed = jobs.resume_interrupted() if state.replica_id is None else []
         state.jobs = jobs
         logger.info("ready: %s (%d interrupted job(s) resumed)", model, len(resumed))
-    except Exception as exc:  # noqa: BLE001 - reported by /ready and the log, the process stays up
+    except Exception as exc:  # noqa: BLE001 - reported by /health, /ready and the log
         logger.exception("loading %s failed", model)
         state.load_error = f"loading {model} failed: {exc}"
+        if state.stop_serving is not None:
+            state.stop_serving()
 
 
 async def warm_up(engine) -> float:
