@@ -98,6 +98,9 @@ def test_when_the_store_is_full_the_job_still_ends_and_reads_failed(engine, tmp_
     assert store.get(record.id).status in ACTIVE_STATUSES  # the row could not be written ...
     assert jobs.get(record.id).status is JobStatus.FAILED  # ... but every read sees the failure
     assert jobs.storage_problem().startswith("the job store refused a write")
+    store.full = False
+    jobs.delete_expired()  # the periodic clean-up records the failure once the store takes writes
+    assert store.get(record.id).status is JobStatus.FAILED and jobs.storage_problem() is None
 
 
 def test_a_create_that_cannot_be_stored_leaves_nothing_behind(engine, tmp_path):

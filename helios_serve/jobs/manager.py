@@ -89,10 +89,14 @@ class JobManager:
         return record
 
     def _check_free_space(self) -> None:
+        if (low := self._low_disk()) is not None:
+            raise StorageError(f"the server is low on disk space ({low}); delete videos or retry later")
+
+    def _low_disk(self) -> str | None:
         free = self.files.free_bytes()
         if free < self.min_free_bytes:
-            raise StorageError(f"the server is low on disk space ({free // 2**20} MiB free, "
-                               f"{self.min_free_bytes // 2**20} MiB kept in reserve); delete videos or retry later")
+            return f"{free // 2**20} MiB free, below the {self.min_free_bytes // 2**20} MiB reserve"
+        return None
 
     def _prepare(self, job_id: str, settings: dict, uploads: dict[str, bytes]) -> RequestSpec:
         try:
@@ -300,10 +304,7 @@ class JobManager:
 
     def storage_problem(self) -> str | None:
         """Why new videos cannot be stored now (low disk space, a store refusing writes), or None."""
-        free = self.files.free_bytes()
-        if free < self.min_free_bytes:
-            return f"{free // 2**20} MiB free, below the {self.min_free_bytes // 2**20} MiB reserve"
-        return self.store_error
+        return self._low_disk() or self.store_error
 
     def resume_interrupted(self) -> list[str]:
         """Restart the jobs a crash or restart interrupted, each from its last completed chunk."""
@@ -335,7 +336,13 @@ class JobManager:
             return False
 
     def delete_expired(self) -> int:
-        """Delete expired videos (and rows a failing store could not delete before)."""
+        """Delete expired videos; record what a failing store refused before (final states, deletions)."""
+        for job_id, changes in list(self._unsaved.items()):
+            try:
+                self._write(self.store.update, job_id, **changes)
+            except StorageError:
+                break
+            del self._unsaved[job_id]
         for job_id in list(self._deleted):
             self._delete_row(job_id)
         expired = self.store.expired(int(time.time()))
