@@ -23,7 +23,7 @@ from helios_serve.entrypoints.openai.api_server import build_app
 from helios_serve.entrypoints.openai.errors import public_message
 from helios_serve.entrypoints.openai.streaming import STREAM_TOKEN_TTL_S, StreamTokens, hls_playlist
 from helios_serve.entrypoints.openai.web_safety import HostPolicy
-from live_server import free_port, start_process, start_server
+from live_server import free_port, start_server
 
 KEY = "web-safety-key"
 APP_ORIGIN = "https://app.example"
@@ -306,28 +306,25 @@ def test_the_websocket_refuses_pages_of_other_sites(server, keyed):
 
 # -- errors: no paths, no traces -------------------------------------------------------------------
 def test_errors_name_no_server_paths(tmp_path):
-    """A checkpoint that fails to load: its error reaches /ready, /health and every 503, and
-    names the checkpoint's directory; clients see its last name only."""
+    """A model that failed to load (a Ray replica stays up with it; `serve` exits): its error
+    reaches /ready, /health and every 503 naming the checkpoint by its last name only."""
+    from fastapi.testclient import TestClient
+
+    from helios_serve.config import HeliosConfig, ServerConfig
+    from helios_serve.entrypoints.openai.api_server import build_app
+
+    app = build_app(HeliosConfig(server=ServerConfig(data_dir=str(tmp_path / "data"))))
+    client = TestClient(app, base_url="http://127.0.0.1")  # no lifespan: nothing loads
     checkpoint = tmp_path / "private-models" / "broken-checkpoint"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "model_index.json").write_text('{"_class_name": "HeliosPipeline"}')
-    port = free_port()
-    command = [*start_command(tmp_path / "data", port), str(checkpoint)]
-    live = start_process(command, f"http://127.0.0.1:{port}", "/openapi.json", tmp_path / "server.log")
-    try:
-        deadline = time.monotonic() + 120
-        while (ready := httpx.get(f"{live.url}/ready")).json()["status"] == "loading":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        answers = [ready, httpx.get(f"{live.url}/health"), httpx.post(f"{live.api}/videos", json={"prompt": "x"})]
-        assert answers[2].status_code == 503 and "broken-checkpoint" in answers[2].json()["error"]["message"]
-        assert "broken-checkpoint" in ready.json()["detail"]
-        for answer in answers:
-            assert str(tmp_path) not in answer.text and "private-models" not in answer.text, answer.text
-            assert "Traceback" not in answer.text
-        assert str(checkpoint) in live.log()  # the operator's log keeps the whole story
-    finally:
-        live.stop()
+    app.state.server.load_error = (f"loading {checkpoint} failed: {checkpoint} is not a Helios checkpoint: "
+                                   "scheduler_config.json is missing")
+    answers = [client.get("/ready"), client.get("/health"), client.post("/v1/videos", json={"prompt": "x"})]
+    assert [answer.status_code for answer in answers] == [503, 503, 503]
+    assert "broken-checkpoint" in answers[2].json()["error"]["message"]
+    assert "broken-checkpoint" in answers[0].json()["detail"]
+    for answer in answers:
+        assert str(tmp_path) not in answer.text and "private-models" not in answer.text, answer.text
+        assert "Traceback" not in answer.text
 
 
 def start_command(data_dir, port: int) -> list[str]:
