@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from helios_serve.integrations.ray_serve.routing import (
     DEAD_AFTER_S,
+    SLOW_AFTER_S,
     ReplicaView,
     least_loaded,
     merge_metrics,
@@ -32,6 +33,27 @@ def test_new_work_goes_to_the_ready_replica_with_the_least_work():
     assert least_loaded(replicas, avoid="a").slot == "b"  # another ready replica exists
     assert least_loaded([replicas[0]], avoid="a").slot == "a"  # nobody else: still served
     assert least_loaded([replicas[2]]) is None
+
+
+def test_creates_sent_during_a_poll_still_count_when_its_answer_arrives():
+    a, b = view("a", "a-1"), view("b", "b-1")
+    asked_at = a.creates_sent  # a poll of "a" begins ...
+    a.record_create()  # ... a create goes to "a" before its answer, which cannot have seen it
+    a.record_answer({"instance": "a-1", "ready": True, "waiting": 0, "running": 0}, "http://a", 1.0, asked_at)
+    assert a.load == 1 and least_loaded([a, b]).slot == "b"
+    a.record_answer({"instance": "a-1", "ready": True, "waiting": 1, "running": 0}, "http://a", 2.0, a.creates_sent)
+    assert a.load == 1  # a later poll sees it itself: not counted twice
+
+
+def test_a_replica_slow_to_answer_one_poll_stays_in_rotation():
+    a, b = view("a", "a-1"), view("b", "b-1", waiting=3)
+    a.record_silence(now=SLOW_AFTER_S / 2)  # busy: one 2 s poll timed out
+    assert a.ready and least_loaded([a, b]).slot == "a"
+    a.record_silence(now=SLOW_AFTER_S + 0.1)
+    assert not a.ready and least_loaded([a, b]).slot == "b"
+    never = ReplicaView("c")
+    never.record_silence(now=0.0)
+    assert not never.ready
 
 
 def test_a_restarted_or_long_silent_replica_instance_is_dead_and_its_jobs_are_orphans():

@@ -61,12 +61,13 @@ class HeliosIngress:
 
     async def _poll(self, slot: str) -> None:
         view = self.views[slot]
+        creates_sent_before = view.creates_sent
         try:
             address = await asyncio.wait_for(self.handles[slot].address.remote(), timeout=2)
             answer = await self.client.get(f"{address['url']}/internal/status", headers=self.internal_headers,
                                            timeout=2)
             answer.raise_for_status()
-            view.record_answer(answer.json(), address["url"], time.monotonic())
+            view.record_answer(answer.json(), address["url"], time.monotonic(), creates_sent_before)
         except Exception:  # noqa: BLE001 - an unreachable replica is the normal case being watched for
             view.record_silence(time.monotonic())
 
@@ -82,7 +83,7 @@ class HeliosIngress:
                                             json={"job_ids": job_ids, "previous_owner": owner})
             if answer.status_code == 200:
                 adopted = answer.json()["adopted"]
-                target.waiting += len(adopted)
+                target.record_create(len(adopted))
                 logger.warning("replica instance %s is gone: %s resumed %s", owner, target.slot, adopted)
 
     # -- the endpoint's own routes -------------------------------------------------------------
@@ -128,7 +129,7 @@ class HeliosIngress:
             upstream = self.client.build_request(method, f"{target.url}{path}", params=request.query_params,
                                                  headers=headers, content=body)
             if creating:
-                target.waiting += 1  # counted now (the next poll corrects it), so a burst spreads out
+                target.record_create()
             try:
                 answer = await self.client.send(upstream, stream=True)
             except httpx.TransportError as exc:
@@ -175,7 +176,7 @@ class HeliosIngress:
             await websocket.send_json({"type": "error", "message": "no engine replica is ready"})
             await websocket.close(code=1013)
             return
-        target.waiting += 1
+        target.record_create()
         query = websocket.url.query
         url = target.url.replace("http://", "ws://") + "/v1/realtime/video" + (f"?{query}" if query else "")
         headers = {k: v for k, v in websocket.headers.items() if k.lower() == "authorization"}

@@ -1,6 +1,7 @@
 """Routing decisions of the Ray ingress, kept free of Ray, HTTP and torch so they are plain to test.
 
-- New work goes to the ready replica with the least queued + running requests.
+- New work goes to the ready replica with the least queued + running requests, counting the
+  creates sent to it that its last status answer may not have seen yet.
 - A job's requests go to the replica that owns it (the job store records the owner).
 - A replica instance is dead once its slot reports a new instance (Ray Serve restarted it) or
   has not answered for ``DEAD_AFTER_S``; its unfinished jobs are then handed to a living replica.
@@ -13,6 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 DEAD_AFTER_S = 10.0
+SLOW_AFTER_S = 3.0
+"""A replica silent for longer is taken out of rotation (a busy one may miss a 2 s poll or two)."""
 
 
 @dataclass
@@ -29,21 +32,33 @@ class ReplicaView:
     """Monotonic time of the last answer; None if it never answered."""
     past_instances: set[str] = field(default_factory=set)
     """Instances this slot had before a restart: certainly dead."""
+    creates_sent: int = 0
+    """Creates the ingress has sent to this slot, ever (a status answer says nothing of those
+    sent after the poll asked, so they are added to what it reports)."""
 
     @property
     def load(self) -> int:
         return self.waiting + self.running
 
-    def record_answer(self, status: dict, url: str, now: float) -> None:
+    def record_create(self, count: int = 1) -> None:
+        """Creates (or adopted jobs) just sent here: counted at once, so a burst spreads out."""
+        self.creates_sent += count
+        self.waiting += count
+
+    def record_answer(self, status: dict, url: str, now: float, creates_sent_before: int | None = None) -> None:
+        """A status answer to a poll that began when ``creates_sent`` was ``creates_sent_before``."""
         if self.instance is not None and status["instance"] != self.instance:
             self.past_instances.add(self.instance)
         self.instance, self.url, self.last_seen = status["instance"], url, now
         self.ready = bool(status["ready"])
-        self.waiting, self.running = int(status["waiting"]), int(status["running"])
+        unseen = self.creates_sent - (self.creates_sent if creates_sent_before is None else creates_sent_before)
+        self.waiting, self.running = int(status["waiting"]) + unseen, int(status["running"])
 
     def record_silence(self, now: float) -> None:
-        self.ready = False
-        if self.instance is not None and self.last_seen is not None and now - self.last_seen >= DEAD_AFTER_S:
+        silent_for = None if self.last_seen is None else now - self.last_seen
+        if silent_for is None or silent_for >= SLOW_AFTER_S:
+            self.ready = False
+        if self.instance is not None and silent_for is not None and silent_for >= DEAD_AFTER_S:
             self.past_instances.add(self.instance)
             self.instance = None
 
