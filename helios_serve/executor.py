@@ -77,5 +77,10 @@ class UniprocExecutor:
     def pending_decodes(self) -> int:
         return self.runner.pending_decodes
 
+    def prepare_prompt(self, prompt: str) -> None:
+        """Encode a prompt ahead (any thread), so switching a running request to it costs the
+        engine step no text encode (the encoder's cache hands it over)."""
+        self.runner.encode_prompt(prompt)
+
     def execute(self, plan: StepPlan) -> StepResult:
         return self.runner.execute(plan)

@@ -50,6 +50,18 @@ class StepGeometry:
         return noisy + token_counts(patch, self.history_height, self.history_width)["history"]
 
 
+@dataclass(frozen=True)
+class Pacing:
+    """A real-time stream paced to its playback (vLLM-Omni's ``pace_to_media_time``): chunk k
+    begins no earlier than ``lead_s`` seconds before it is due, so generation stays at most that
+    far ahead of the client and the GPU's time goes to streams that need it. When a chunk comes
+    out more than ``max_lag_s`` late, the player has stalled waiting for it: the playback clock
+    restarts from that chunk (it is due when delivered)."""
+
+    lead_s: float = 2.0
+    max_lag_s: float = 5.0
+
+
 @dataclass
 class Request:
     request_id: str
@@ -59,14 +71,20 @@ class Request:
     """Lower is more urgent (the 'priority' policy)."""
     realtime_fps: float | None = None
     """Playback rate of a real-time stream: chunk k is due k * 33 / fps seconds after playback
-    starts, which is when chunk 0 is delivered (chunk 0 itself is due at once)."""
+    starts, which is when chunk 0 is delivered (chunk 0 itself is due at once); a resumed
+    request counts from its first chunk."""
     timeout_s: float | None = None
+    pacing: Pacing | None = None
+    """Pace a real-time stream (``realtime_fps``) to its playback; None: as fast as it can."""
     status: RequestStatus = RequestStatus.WAITING
     phase: Phase = Phase.ENCODE
     chunk_index: int = 0
     stage_index: int = 0
     step_index: int = 0
     units_done: int = 0
+    chunks_begun: int = 0
+    """Chunks whose begin unit has been planned: their text is fixed, so a prompt change applies
+    from this chunk on (a begin being executed right now counts as begun)."""
     decodes_in_flight: int = 0
     """Chunks whose decode unit ran but whose frames have not come out yet."""
     last_served_step: int = -1
@@ -79,7 +97,7 @@ class Request:
     def __post_init__(self) -> None:
         self.last_served_time = self.arrival_time
         # A resumed request starts after its completed chunks (they count as done work).
-        self.chunk_index = self.spec.start_chunk
+        self.chunk_index = self.chunks_begun = self.spec.start_chunk
         self.units_done = sum(self._chunk_units(k) for k in range(self.spec.start_chunk))
 
     @property
@@ -130,7 +148,23 @@ class Request:
             return None
         k = self.chunk_index if chunk_index is None else chunk_index
         start = self.first_chunk_time if self.first_chunk_time is not None else self.arrival_time
-        return start + k * FRAMES_PER_CHUNK / self.realtime_fps
+        return start + (k - self.spec.start_chunk) * FRAMES_PER_CHUNK / self.realtime_fps
+
+    def begin_time(self) -> float | None:
+        """The earliest its next chunk may begin (pacing), or None if it may begin at once."""
+        if self.pacing is None or self.realtime_fps is None or self.first_chunk_time is None:
+            return None
+        return self.chunk_deadline() - self.pacing.lead_s
+
+    def delivered(self, chunk_index: int, now: float) -> None:
+        """Chunk ``chunk_index`` came out at ``now``: playback starts with the first (the first
+        after a resume), and restarts when a paced stream's chunk is later than its player waits."""
+        if self.first_chunk_time is None:
+            self.first_chunk_time = now
+        elif self.pacing is not None and self.realtime_fps is not None:
+            late = now - self.chunk_deadline(chunk_index)
+            if late > self.pacing.max_lag_s:
+                self.first_chunk_time += late
 
     def deadline_exceeded(self, now: float) -> bool:
         return self.timeout_s is not None and now - self.arrival_time > self.timeout_s

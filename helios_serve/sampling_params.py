@@ -18,11 +18,27 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from .errors import InvalidRequestError
 from .model_executor.checkpoint import ModelVariant
-from .model_executor.step_io import RequestSpec
+from .model_executor.step_io import PromptSwitch, RequestSpec
 
 MAX_FRAMES = 33 * 1000  # about 23 minutes at 24 fps: long videos are the point, runaway ones are not
 MAX_STEPS = 1000
 MAX_SIDE = 8192
+MAX_PROMPT_CHARS = 20_000
+MAX_SCHEDULE_ENTRIES = 256
+
+
+class PromptScheduleEntry(BaseModel):
+    """One entry of a prompt schedule: from chunk ``from_chunk`` on, ``prompt``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_chunk: int = Field(ge=0, le=MAX_FRAMES // 33, description="the first chunk that follows this prompt")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what the video shows from then on")
+    transition_chunks: int = Field(0, ge=0, le=1000, description="chunks over which the text conditioning moves "
+                                                                 "linearly from the previous prompt to this one")
+
+
+PromptSchedule = Annotated[list[PromptScheduleEntry], Field(min_length=1, max_length=MAX_SCHEDULE_ENTRIES)]
 
 
 def knob(default, help: str, kind: Any = None, low=None, high=None, extra: bool = False, choices: tuple = (),
@@ -61,6 +77,10 @@ class VideoSamplingParams:
     video_skipped_frames: int = knob(
         0, "frames between the video's first frame and the rest that its reader did not decode "
            "(video_io.read_video_tail keeps only what the model uses)")
+    prompt_schedule: tuple[PromptSwitch, ...] | None = knob(
+        None, "prompts over time, a list of {from_chunk, prompt, transition_chunks} ordered by chunk: the first "
+              "entry (from chunk 0) is the request's prompt; from chunk k a later entry's prompt is followed, "
+              "blended in linearly over transition_chunks chunks", PromptSchedule)
     fps: int | None = knob(None, "frame rate of the output video (and of a real-time stream)", int, 1, 120)
     use_cfg_zero_star: bool | None = knob(None, "CFG-Zero* guidance (the Mid model's recipe)", bool, extra=True)
     use_zero_init: bool = knob(True, "CFG-Zero*: zero the velocity of the first steps", bool, extra=True)
@@ -92,11 +112,16 @@ class VideoSamplingParams:
             name = ".".join(str(part) for part in first["loc"][:1])
             raise InvalidRequestError(f"{name} has an invalid value: {given.get(name)!r} ({first['msg']})",
                                       name) from None
-        return cls(**checked.model_dump(exclude_none=True))
+        values = checked.model_dump(exclude_none=True)
+        if "prompt_schedule" in values:
+            values["prompt_schedule"] = tuple(PromptSwitch(**entry) for entry in values["prompt_schedule"])
+        return cls(**values)
 
     def to_fields(self) -> dict[str, Any]:
         """The wire fields that are set, JSON-ready: a job's stored settings (``from_fields`` reads them back)."""
         values = {name: getattr(self, name) for name in WIRE_FIELDS if getattr(self, name) is not None}
+        if "prompt_schedule" in values:
+            values["prompt_schedule"] = [dataclasses.asdict(entry) for entry in values["prompt_schedule"]]
         return {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
 
     def stage_steps(self, variant: ModelVariant) -> tuple[int, ...]:
@@ -116,7 +141,7 @@ class VideoSamplingParams:
         """Every wire field within its declared range; ValueError names the first that is not."""
         for name in WIRE_FIELDS:
             value, meta = getattr(self, name), FIELDS[name].metadata
-            if value is None:
+            if value is None or name == "prompt_schedule":  # its entries are checked as they are parsed
                 continue
             if meta["choices"] and value not in meta["choices"]:
                 raise InvalidRequestError(f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}", name)
@@ -145,6 +170,7 @@ class VideoSamplingParams:
             raise ValueError("image and video inputs need a model with a VAE to encode them; this model has none")
         if self.image is not None and self.video is not None:
             raise ValueError("give an image or a video to condition on, not both")
+        switches = self.prompt_switches(prompt, num_frames)
         decoder = self.decoder or ("vae" if has_vae else "preview")
         if decoder == "vae" and not has_vae:
             raise ValueError(f"decoder must be 'preview' for this model (it has no VAE), got {decoder!r}")
@@ -178,7 +204,26 @@ class VideoSamplingParams:
             image_noise_sigma=(self.image_noise_sigma_min, self.image_noise_sigma_max),
             video_noise_sigma=(self.video_noise_sigma_min, self.video_noise_sigma_max),
             decoder=decoder,
+            prompt_switches=switches,
         )
+
+    def prompt_switches(self, prompt: str, num_frames: int) -> tuple[PromptSwitch, ...]:
+        """The schedule's entries after its first, checked against the prompt and the video's chunks."""
+        schedule = self.prompt_schedule
+        if not schedule:
+            return ()
+        if schedule[0].from_chunk != 0 or schedule[0].prompt != prompt:
+            raise InvalidRequestError("prompt_schedule must start with the request's prompt from chunk 0",
+                                      "prompt_schedule")
+        num_chunks = max(1, -(-num_frames // 33))
+        for before, entry in zip(schedule, schedule[1:]):
+            if entry.from_chunk <= before.from_chunk:
+                raise InvalidRequestError("prompt_schedule entries must be in increasing from_chunk order, got "
+                                          f"{before.from_chunk} then {entry.from_chunk}", "prompt_schedule")
+        if schedule[-1].from_chunk >= num_chunks:
+            raise InvalidRequestError(f"prompt_schedule switches at chunk {schedule[-1].from_chunk}, but the video "
+                                      f"has {num_chunks} chunks (0 to {num_chunks - 1})", "prompt_schedule")
+        return tuple(schedule[1:])
 
 
 FIELDS = {item.name: item for item in dataclasses.fields(VideoSamplingParams)}
@@ -202,7 +247,9 @@ def pydantic_field(name: str, ranges: bool = True):
     meta = FIELDS[name].metadata
     kind = meta["kind"]
     low, high = (meta["low"], meta["high"]) if ranges else (None, None)
-    if meta["choices"]:
+    if kind is PromptSchedule:
+        value = PromptSchedule
+    elif meta["choices"]:
         value = Literal[meta["choices"]]
     elif kind is str:
         value = Annotated[str, Field(max_length=high)]
@@ -236,9 +283,21 @@ def add_sampling_arguments(parser) -> None:
             parser.add_argument(flag, dest=name, default=None, metavar="true|false", help=help_text)
         elif meta["kind"] == tuple[int, ...]:
             parser.add_argument(flag, dest=name, default=None, type=_comma_list, metavar="N,N,...", help=help_text)
+        elif meta["kind"] is PromptSchedule:
+            parser.add_argument(flag, dest=name, default=None, type=_json_value, metavar="JSON", help=help_text)
         else:
             parser.add_argument(flag, dest=name, default=None, type=meta["kind"], choices=meta["choices"] or None,
                                 metavar=None if meta["choices"] else name.upper(), help=help_text)
+
+
+def _json_value(text: str):
+    import argparse
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
 
 
 def _comma_list(text: str) -> list[str]:

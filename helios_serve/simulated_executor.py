@@ -107,6 +107,9 @@ class SimulatedExecutor:
         return len(self._decodes)
 
     # -- one step ---------------------------------------------------------------------------
+    def prepare_prompt(self, prompt: str) -> None:
+        """Nothing to encode: a simulated model has no text encoder."""
+
     def execute(self, plan: StepPlan) -> StepResult:
         started = self.clock()
         result = StepResult()

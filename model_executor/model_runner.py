@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -127,18 +128,34 @@ class ModelRunner:
         if (spec.image is not None or spec.video is not None) and self.vae is None:
             raise ValueError(f"{self.config.model} has no VAE to encode an image or video input")
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
-        text = self.text_encoder.encode(spec.prompt).to(self.device, self.dtype)
+        embeddings = {prompt: self.encode_prompt(prompt) for prompt in spec.prompts}
         negative = self.text_encoder.encode(spec.negative_prompt).to(self.device, self.dtype) if spec.use_cfg else None
         if spec.resume_path:
             snapshot = load_snapshot(spec.resume_path)
             if snapshot.chunks_done != spec.start_chunk:
                 raise ValueError(f"snapshot has {snapshot.chunks_done} chunks done, expected {spec.start_chunk}")
             generator.set_state(snapshot.rng_state)
+            if spec.seed_from_chunk == spec.start_chunk:  # an extension with a seed of its own
+                generator.manual_seed(spec.seed)
             history = to_device(snapshot.history, self.device)
             anchor = to_device(snapshot.anchor, self.device) if snapshot.anchor is not None else None
         else:
             history, anchor = initial_history(spec, self.vae, generator, self.device)
-        return RequestState(spec, generator, text, negative, history, anchor, chunk_index=spec.start_chunk)
+        return RequestState(spec, generator, embeddings, negative, history, anchor, chunk_index=spec.start_chunk)
+
+    def encode_prompt(self, prompt: str) -> torch.Tensor:
+        """[1, L, text_dim] embeddings of a prompt on the device (the text encoder caches them,
+        so a front may call this ahead, off the engine thread, to have a new prompt ready)."""
+        return self.text_encoder.encode(prompt).to(self.device, self.dtype)
+
+    def switch_prompts(self, request_id: str, spec: RequestSpec) -> None:
+        """The request's prompt schedule is now ``spec``'s (a prompt changed while it runs):
+        its new prompts are encoded; chunks already begun keep their text."""
+        state = self.requests[request_id]
+        for prompt in spec.prompts:
+            if prompt not in state.prompt_embeddings:
+                state.prompt_embeddings[prompt] = self.encode_prompt(prompt)
+        state.spec = replace(state.spec, prompt_switches=spec.prompt_switches)
 
     def remove_request(self, request_id: str) -> None:
         self.requests.pop(request_id, None)
@@ -308,6 +325,9 @@ class ModelRunner:
             self.decodes.drop(request_id)
         for request_id, spec in plan.encode:
             self._guarded(result, request_id, self.add_request, request_id, spec)
+        for request_id, spec in plan.prompt_switches.items():
+            if request_id in self.requests:
+                self._guarded(result, request_id, self.switch_prompts, request_id, spec)
         for unit in ("begin_chunk", "next_stage", "denoise", "decode"):
             for request_id in getattr(plan, unit):
                 self._guarded(result, request_id, self._check_position, plan, unit, request_id)

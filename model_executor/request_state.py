@@ -29,7 +29,7 @@ from .sampling.schedules import (
     StageSchedule, dynamic_shift_mu, pyramid_stage_schedule, single_stage_schedule, stage_tables,
 )
 from .sampling.unipc import UniPCState
-from .step_io import HISTORY_SIZES, LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, RequestSpec, UnitPosition
+from .step_io import HISTORY_SIZES, LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, RequestSpec, UnitPosition, mix_key
 
 # Relative temporal RoPE positions: [anchor | long 16 | mid 2 | last 1 | noisy 9] (spec §2.3).
 _POSITIONS = torch.arange(1 + sum(HISTORY_SIZES) + LATENT_FRAMES_PER_CHUNK)
@@ -45,8 +45,9 @@ NOISY_INDICES = _POSITIONS[20:][None]
 class RequestState:
     spec: RequestSpec
     generator: torch.Generator
-    text: torch.Tensor
-    """[1, L, text_dim] prompt embeddings in the transformer dtype."""
+    prompt_embeddings: dict[str, torch.Tensor]
+    """Prompt -> [1, L, text_dim] embeddings in the transformer dtype: every prompt of the
+    spec's schedule (a prompt changed mid-video is added by ``ModelRunner.switch_prompts``)."""
     negative_text: torch.Tensor | None
     history: torch.Tensor
     """[1, 16, 19, h, w] fp32: the last 19 latents (long 16, mid 2, last 1); bounded memory."""
@@ -59,6 +60,10 @@ class RequestState:
     schedule: StageSchedule | None = None
     solver: UniPCState | None = None
     stage_start: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    """[1, L, text_dim]: the current chunk's text conditioning (its prompt, or a blend of prompts)."""
+    text_key: str | tuple | None = None
+    """What ``text`` is cached by in the cross-attention cache (step_io.mix_key)."""
     history_terms: dict[str, torch.Tensor] = field(default_factory=dict)
     model_timesteps: torch.Tensor | None = None
     """[num_steps] fp32 on the device: the transformer timesteps of the current stage."""
@@ -100,6 +105,7 @@ class ChunkProcedure:
 
     # -- chunk start ---------------------------------------------------------------------
     def begin_chunk(self, state: RequestState) -> None:
+        self._condition_text(state)
         long, mid, last = state.history.split(HISTORY_SIZES, dim=2)
         prefix = state.anchor
         if prefix is None:  # T2V first chunk: the anchor slot is zeros
@@ -113,6 +119,17 @@ class ChunkProcedure:
         if self.variant.is_pyramid:
             state.latents = shrink_noise(state.latents, self.sampler.stages)
         self._start_stage(state, 0)
+
+    def _condition_text(self, state: RequestState) -> None:
+        """The chunk's text: its prompt's embeddings, or during a transition the weighted sum of
+        the prompts' (in fp32, then in the transformer dtype). Fixed when the chunk begins."""
+        mix = state.spec.prompt_mix(state.chunk_index)
+        if len(mix) == 1:
+            state.text = state.prompt_embeddings[mix[0][0]]
+        else:
+            blend = sum(state.prompt_embeddings[name].float() * weight for name, weight in mix)
+            state.text = blend.to(self.compute_dtype)
+        state.text_key = mix_key(mix)
 
     def _num_tokens(self, latents: torch.Tensor) -> int:
         return latents.shape[-1] * latents.shape[-2] * latents.shape[-3] // math.prod(self.patch_size)
@@ -154,9 +171,9 @@ class ChunkProcedure:
         """Text embeddings of this step's forward rows: conditional, then unconditional with CFG."""
         return [state.text, state.negative_text] if state.spec.use_cfg else [state.text]
 
-    def model_row_prompts(self, state: RequestState) -> list[str]:
-        """The prompts ``model_rows`` encode, in the same order (what their text keys and values are cached by)."""
-        return [state.spec.prompt, state.spec.negative_prompt] if state.spec.use_cfg else [state.spec.prompt]
+    def model_row_prompts(self, state: RequestState) -> list:
+        """What ``model_rows`` encode, in the same order (what their text keys and values are cached by)."""
+        return [state.text_key, state.spec.negative_prompt] if state.spec.use_cfg else [state.text_key]
 
     def apply_model_output(self, state: RequestState, velocities: list[torch.Tensor]) -> None:
         """Combine the rows' velocities with guidance and take one sampler step."""

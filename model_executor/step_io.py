@@ -7,7 +7,7 @@ and validated by the serving layer, so the executor only does arithmetic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 FRAMES_PER_CHUNK = 33
@@ -22,6 +22,48 @@ def chunk_frame_counts(num_frames: int) -> list[int]:
     total = FRAMES_PER_CHUNK * num_chunks
     trimmed = (total - 1) // 4 * 4 + 1
     return [FRAMES_PER_CHUNK] * (num_chunks - 1) + [FRAMES_PER_CHUNK - (total - trimmed)]
+
+
+@dataclass(frozen=True)
+class PromptSwitch:
+    """From chunk ``from_chunk`` on, the video follows ``prompt``. With ``transition_chunks`` t > 0
+    the text embedding moves there linearly: chunk from_chunk + i (i < t) uses the blend
+    (1 - w) * before + w * new with w = (i + 1) / (t + 1), where ``before`` is what chunk
+    from_chunk - 1 used; from chunk from_chunk + t on, the new prompt alone."""
+
+    from_chunk: int
+    prompt: str
+    transition_chunks: int = 0
+
+
+PromptMix = tuple[tuple[str, float], ...]
+"""A chunk's text conditioning: (prompt, weight) pairs, weights summing to 1."""
+
+
+def prompt_mix(prompt: str, switches: tuple[PromptSwitch, ...], chunk_index: int) -> PromptMix:
+    """The text conditioning of chunk ``chunk_index``: ``prompt`` until the first switch, then
+    as ``switches`` (ordered by from_chunk) say. Pure arithmetic on the schedule, so a video and
+    its resumed or extended runs agree exactly."""
+    active = [s for s in switches if s.from_chunk <= chunk_index]
+    if not active:
+        return ((prompt, 1.0),)
+    switch = active[-1]
+    step = chunk_index - switch.from_chunk
+    if step >= switch.transition_chunks or switch.from_chunk == 0:
+        return ((switch.prompt, 1.0),)
+    weight = (step + 1) / (switch.transition_chunks + 1)
+    before = prompt_mix(prompt, switches, switch.from_chunk - 1)
+    mixed: dict[str, float] = {}
+    for name, share in before:
+        mixed[name] = mixed.get(name, 0.0) + share * (1 - weight)
+    mixed[switch.prompt] = mixed.get(switch.prompt, 0.0) + weight
+    return tuple(mixed.items())
+
+
+def mix_key(mix: PromptMix) -> str | PromptMix:
+    """What a mix's text is cached by (the cross-attention cache): the prompt itself when there
+    is one, else the mix (a tuple, so it never equals any prompt)."""
+    return mix[0][0] if len(mix) == 1 else mix
 
 
 def setting(default, help: str, flag: str | None = None, choices: tuple | None = None, env: str | None = None):
@@ -102,10 +144,29 @@ class RequestSpec:
     """Continue from the ResumeSnapshot saved at this path instead of starting afresh."""
     start_chunk: int = 0
     """Chunks already done when the request starts (the snapshot's ``chunks_done``)."""
+    prompt_switches: tuple[PromptSwitch, ...] = ()
+    """Later prompts of the video, ordered by chunk (``prompt`` holds from chunk 0)."""
+    seed_from_chunk: int = 0
+    """The chunk at which the generator is seeded with ``seed``: 0 for a new video; an extension
+    with a seed of its own reseeds at its first chunk (otherwise it continues the original's
+    random stream, exactly as one longer video would)."""
 
     @property
     def num_chunks(self) -> int:
         return max(1, math.ceil(self.num_frames / FRAMES_PER_CHUNK))
+
+    def prompt_mix(self, chunk_index: int) -> PromptMix:
+        return prompt_mix(self.prompt, self.prompt_switches, chunk_index)
+
+    @property
+    def prompts(self) -> tuple[str, ...]:
+        """Every prompt the video's chunks are conditioned on (the negative prompt aside)."""
+        return tuple(dict.fromkeys([self.prompt, *(s.prompt for s in self.prompt_switches)]))
+
+    def with_prompt_from(self, from_chunk: int, prompt: str, transition_chunks: int = 0) -> "RequestSpec":
+        """This spec with ``prompt`` taking over at ``from_chunk``; switches planned from then on are dropped."""
+        kept = tuple(s for s in self.prompt_switches if s.from_chunk < from_chunk)
+        return replace(self, prompt_switches=(*kept, PromptSwitch(from_chunk, prompt, transition_chunks)))
 
     @property
     def use_cfg(self) -> bool:
@@ -165,6 +226,9 @@ class StepPlan:
     """Requests whose chunk is denoised: record it in the history, decode it, hand it out."""
     free: list[str] = field(default_factory=list)
     """Cancelled or timed-out requests: drop their device state."""
+    prompt_switches: dict[str, RequestSpec] = field(default_factory=dict)
+    """Requests whose prompt schedule changed while they run: the spec with the new schedule
+    (applied after this step's encodes, before its chunk begins; it only affects chunks not begun)."""
     positions: dict[str, UnitPosition] = field(default_factory=dict)
     """For each request of begin_chunk, next_stage, denoise and decode: the unit the scheduler
     means. The scheduler owns every request's progress; the runner checks that its own state is
@@ -172,7 +236,8 @@ class StepPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.encode or self.begin_chunk or self.next_stage or self.denoise or self.decode or self.free)
+        return not (self.encode or self.begin_chunk or self.next_stage or self.denoise or self.decode or self.free
+                    or self.prompt_switches)
 
     def request_ids(self) -> list[str]:
         return [rid for rid, _ in self.encode] + self.begin_chunk + self.next_stage + self.denoise + self.decode

@@ -11,6 +11,7 @@ prompt's keys to another.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 
 import torch
 
@@ -24,16 +25,16 @@ def context_bytes(context: TextContext) -> int:
 class TextKVCache:
     def __init__(self, transformer: HeliosTransformer, max_bytes: int):
         self.transformer, self.max_bytes = transformer, max_bytes
-        self._entries: OrderedDict[str, TextContext] = OrderedDict()
+        self._entries: OrderedDict[Hashable, TextContext] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
 
-    def context(self, prompts: list[str], embeddings: list[torch.Tensor]) -> TextContext:
+    def context(self, prompts: list[Hashable], embeddings: list[torch.Tensor]) -> TextContext:
         """The batch's text context, row by row: ``prompts[i]`` is the text ``embeddings[i]``
-        [1, L, text_dim] encodes."""
+        [1, L, text_dim] encodes (a prompt, or step_io.mix_key of a blend of prompts)."""
         return TextContext.cat([self._get(prompt, text) for prompt, text in zip(prompts, embeddings)])
 
-    def _get(self, prompt: str, text: torch.Tensor) -> TextContext:
+    def _get(self, prompt: Hashable, text: torch.Tensor) -> TextContext:
         context = self._entries.get(prompt)
         if context is not None:
             self.hits += 1

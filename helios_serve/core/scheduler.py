@@ -42,6 +42,7 @@ class Scheduler:
         self.step_count = 0
         self._to_free: list[str] = []
         self._finished: list[Request] = []
+        self._prompt_switches: dict[str, object] = {}  # request id -> its spec with a new schedule
 
     # -- requests in and out ---------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -70,6 +71,26 @@ class Scheduler:
             self._to_free.append(request_id)
         return request
 
+    def switch_prompt(self, request_id: str, prompt: str, transition_chunks: int = 0) -> int:
+        """Make ``prompt`` the request's prompt from its next chunk not begun (blended in over
+        ``transition_chunks``); returns that chunk. KeyError if the request is not active;
+        ValueError if every chunk has begun."""
+        request = self.get(request_id)
+        if request is None or request.status.is_finished:
+            raise KeyError(request_id)
+        from_chunk = request.chunks_begun
+        if from_chunk >= request.spec.num_chunks:
+            raise ValueError("every chunk of this video has begun; the prompt can no longer change")
+        request.spec = request.spec.with_prompt_from(from_chunk, prompt, transition_chunks)
+        if request.status is RequestStatus.RUNNING:  # its encode may have run: the runner must hear of it
+            self._prompt_switches[request_id] = request.spec
+        return from_chunk
+
+    def idle_seconds(self, now: float) -> float | None:
+        """How long until a paced request may begin its next chunk, when nothing else is due."""
+        times = [t for r in self.running.values() if r.phase is Phase.BEGIN_CHUNK and (t := r.begin_time()) is not None]
+        return max(0.0, min(times) - now) if times else None
+
     @property
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
@@ -84,8 +105,8 @@ class Scheduler:
     def schedule(self, now: float) -> StepPlan:
         self.step_count += 1
         self._expire(now)
-        plan = StepPlan(free=self._to_free)
-        self._to_free = []
+        plan = StepPlan(free=self._to_free, prompt_switches=self._prompt_switches)
+        self._to_free, self._prompt_switches = [], {}
         self._admit(now)
         ready = sorted(self.running.values(), key=lambda r: self.policy.service_key(r, now))
         by_phase = {phase: [r for r in ready if r.phase is phase] for phase in Phase}
@@ -95,10 +116,13 @@ class Scheduler:
         decodes = decodes[: self.config.max_decodes_per_step]
         denoise = self._denoise_batch(by_phase[Phase.DENOISE])
         plan.encode = [(r.request_id, r.spec) for r in encodes]
-        plan.begin_chunk = [r.request_id for r in by_phase[Phase.BEGIN_CHUNK]]
+        begin = [r for r in by_phase[Phase.BEGIN_CHUNK] if (r.begin_time() or now) <= now]
+        plan.begin_chunk = [r.request_id for r in begin]
         plan.next_stage = [r.request_id for r in by_phase[Phase.NEXT_STAGE]]
         plan.denoise = [r.request_id for r in denoise]
         plan.decode = [r.request_id for r in decodes]
+        for request in begin:
+            request.chunks_begun = request.chunk_index + 1
         for request_id in plan.request_ids():
             request = self.running[request_id]
             request.last_served_step, request.last_served_time = self.step_count, now
@@ -175,7 +199,7 @@ class Scheduler:
         for chunk in result.chunks:
             request = self.running.get(chunk.request_id)
             if request is not None:
-                self._delivered(request, now)
+                self._delivered(request, chunk.chunk_index, now)
         update = SchedulerUpdate(finished=self._finished)
         self._finished = []
         return update
@@ -200,11 +224,10 @@ class Scheduler:
             last = request.chunk_index == request.spec.num_chunks
             request.phase, request.stage_index = (Phase.DRAIN, request.stage_index) if last else (Phase.BEGIN_CHUNK, 0)
 
-    def _delivered(self, request: Request, now: float) -> None:
+    def _delivered(self, request: Request, chunk_index: int, now: float) -> None:
         """One of the request's chunks came out of its decode; the last completes the request."""
         request.decodes_in_flight -= 1
-        if request.first_chunk_time is None:
-            request.first_chunk_time = now
+        request.delivered(chunk_index, now)
         if request.phase is Phase.DRAIN and request.decodes_in_flight == 0:
             del self.running[request.request_id]
             request.status = RequestStatus.FINISHED_COMPLETED

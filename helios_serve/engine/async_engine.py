@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from ..model_executor.step_io import RequestSpec
 from ..outputs import VideoChunkOutput
-from ..request import Request, RequestStatus
+from ..request import Pacing, Request, RequestStatus
 from ..sampling_params import VideoSamplingParams
 from .engine import raise_for_status
 from .engine_core import EngineFront
@@ -76,11 +76,12 @@ class AsyncHeliosEngine(EngineFront):
         priority: int = 0,
         realtime_fps: float | None = None,
         timeout_s: float | None = None,
+        pacing: Pacing | None = None,
     ) -> RequestHandle:
         """Submit; raises QueueFullError / ValueError at once. Read its chunks with ``chunks``."""
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
-        request = self.core.add_request(request_id, spec, priority, realtime_fps, timeout_s)
+        request = self.core.add_request(request_id, spec, priority, realtime_fps, timeout_s, pacing)
         self._streams[request_id] = (request.spec.num_chunks, asyncio.get_running_loop(), queue)
         self._wake.set()
         return RequestHandle(request, self.core.lock, queue)
@@ -113,6 +114,15 @@ class AsyncHeliosEngine(EngineFront):
                 return
             yield item
 
+    async def switch_prompt(self, request_id: str, prompt: str, transition_chunks: int = 0) -> int:
+        """The request follows ``prompt`` from its next chunk not begun, which is returned. The
+        prompt is encoded on a worker thread first, so no engine step waits for it. KeyError if
+        the request is not running, ValueError if every chunk has begun."""
+        await asyncio.to_thread(self.core.executor.prepare_prompt, prompt)
+        from_chunk = self.core.switch_prompt(request_id, prompt, transition_chunks)
+        self._wake.set()
+        return from_chunk
+
     def abort(self, request_id: str) -> bool:
         """Cancel a request; its slot is free for the next step. False if unknown or already done."""
         if self.core.abort_request(request_id) is None:
@@ -144,6 +154,9 @@ class AsyncHeliosEngine(EngineFront):
                 logger.exception("engine step failed; failing all running requests")
                 self._fail_everything()
                 continue
+            if step.idle_s is not None:  # every request is paced: sleep until one may go on
+                self._wake.wait(timeout=min(step.idle_s, 0.5))
+                self._wake.clear()
             for chunk in step.chunks:
                 target = self._streams.get(chunk.request_id)
                 if target is not None:

@@ -10,7 +10,7 @@ from ..config import EngineConfig
 from ..core.scheduler import Scheduler
 from ..executor import build_executor
 from ..model_executor.step_io import DecodedChunk, RequestSpec, RunnerConfig, StepResult
-from ..request import Request, RequestStatus
+from ..request import Pacing, Request, RequestStatus
 
 
 @dataclass
@@ -32,6 +32,9 @@ class EngineStats:
 class StepOutput:
     chunks: list[DecodedChunk]
     finished: list[Request]
+    idle_s: float | None = None
+    """Set when the step had nothing to do because every unfinished request is paced: seconds
+    until one may go on (the step loop sleeps that long, or until woken)."""
 
 
 class EngineCore:
@@ -60,17 +63,25 @@ class EngineCore:
         priority: int = 0,
         realtime_fps: float | None = None,
         timeout_s: float | None = None,
+        pacing: Pacing | None = None,
     ) -> Request:
         with self.lock:
             if self.scheduler.get(request_id) is not None:
                 raise ValueError(f"request id {request_id!r} is already in use")
-            request = Request(request_id, spec, self.clock(), priority, realtime_fps, timeout_s)
+            request = Request(request_id, spec, self.clock(), priority, realtime_fps, timeout_s, pacing)
             self.scheduler.add_request(request)
         return request
 
     def abort_request(self, request_id: str) -> Request | None:
         with self.lock:
             return self.scheduler.abort_request(request_id, RequestStatus.FINISHED_CANCELLED)
+
+    def switch_prompt(self, request_id: str, prompt: str, transition_chunks: int = 0) -> int:
+        """The request follows ``prompt`` from its next chunk not begun (returned); see
+        Scheduler.switch_prompt. Encode the prompt first (``executor.prepare_prompt``) so the
+        step that applies it does not wait for the text encoder."""
+        with self.lock:
+            return self.scheduler.switch_prompt(request_id, prompt, transition_chunks)
 
     def has_unfinished(self) -> bool:
         with self.lock:
@@ -85,7 +96,8 @@ class EngineCore:
         with self.lock:
             update = self.scheduler.update_from_output(plan, result, self.clock())
             self._record(time.perf_counter() - started, result)
-        return StepOutput(result.chunks, update.finished)
+            idle_s = None if busy else self.scheduler.idle_seconds(self.clock())
+        return StepOutput(result.chunks, update.finished, idle_s)
 
     def _record(self, seconds: float, result: StepResult) -> None:
         stats = self.stats

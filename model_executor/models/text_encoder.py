@@ -6,6 +6,7 @@ import functools
 import html
 import logging
 import re
+import threading
 from collections import OrderedDict
 
 import torch
@@ -38,6 +39,8 @@ class TextEncoder:
         self.max_length = max_length
         self.cache_size = cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # A server encodes a new prompt on a worker thread while the engine thread may encode too.
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(cls, root, device, dtype: torch.dtype, **kwargs) -> TextEncoder:
@@ -57,14 +60,16 @@ class TextEncoder:
 
     def encode(self, prompt: str) -> torch.Tensor:
         key = clean_prompt(prompt)
-        valid = self._cache.get(key)
+        with self._cache_lock:
+            valid = self._cache.get(key)
+            if valid is not None:
+                self._cache.move_to_end(key)
         if valid is None:
             valid = self._encode_uncached(key)
-            self._cache[key] = valid
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
+            with self._cache_lock:
+                self._cache[key] = valid
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
         padded = valid.new_zeros(1, self.max_length, valid.shape[-1])
         padded[0, : valid.shape[0]] = valid
         return padded
