@@ -132,6 +132,29 @@ def test_no_unit_but_the_decode_waits_for_the_device(meta_engine, mode, overlap)
     assert len(events_by_unit["decode"]) == 2 * 4, events_by_unit["decode"]
 
 
+def test_prompt_schedules_and_live_switches_run_on_a_device(meta_engine):
+    """A blended chunk (a transition) and a prompt switched while the request runs: the blend,
+    the new prompt's encode and its cross-attention cache entry all live on the device, and no
+    unit but the decode makes the host wait."""
+    engine = meta_engine("distilled", max_decodes_in_flight=2)
+    schedule = [{"from_chunk": 0, "prompt": "a fox"}, {"from_chunk": 1, "prompt": "a heron", "transition_chunks": 2}]
+    params = VideoSamplingParams.from_fields(dict(num_frames=132, seed=7, pyramid_num_inference_steps_list=[1, 1, 1],
+                                                  prompt_schedule=schedule, **SIZE))
+    core = engine.core
+    request = core.add_request("switch-on-meta", engine.resolve("a fox", params))
+    syncs: list[str] = []
+    while not request.status.is_finished:
+        if request.chunks_begun == 2 and len(request.spec.prompt_switches) == 1:
+            engine.core.executor.prepare_prompt("a lantern")  # what the async front does on a worker thread
+            assert core.switch_prompt(request.request_id, "a lantern", transition_chunks=1) == 2
+        with HostSyncCounter() as counter:
+            output = core.step()
+        if not output.chunks:
+            syncs.extend(counter.events)
+    assert request.error is None and syncs == [], syncs
+    assert [s.prompt for s in request.spec.prompt_switches] == ["a heron", "a lantern"]
+
+
 def _dmd_step_as_shipped(schedule, step, velocity, sample, start):
     """dmd_step as it was before the device fix (a 5-D host tensor times device latents)."""
     timestep = schedule.timesteps[step].to(torch.int64)
