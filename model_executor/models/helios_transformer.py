@@ -185,6 +185,11 @@ class HeliosTransformer(nn.Module):
     def compute_dtype(self) -> torch.dtype:
         return self.proj_out.weight.dtype
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The compute dtype, under the name diffusers models give it (engines read ``transformer.dtype``)."""
+        return self.compute_dtype
+
     def forward(
         self,
         hidden_states: torch.Tensor,

@@ -59,6 +59,44 @@ def omni(tmp_path_factory, checkpoint):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def streaming_omni(tmp_path_factory, checkpoint):
+    """A server whose every chunk is its own output (the realtime WebSocket's mode)."""
+    server = serve(checkpoint, tmp_path_factory.mktemp("omni-streaming"), "--diffusion-streaming-output")
+    yield server
+    server.stop()
+
+
+def realtime_session(server, start: dict, on_chunk=None) -> tuple[list[dict], list[dict], bytes]:
+    """One WebSocket session: (chunk metadata, every JSON event, the fMP4 bytes). ``on_chunk(index)``
+    may return a message to send after a chunk's metadata arrives."""
+    import asyncio
+
+    import websockets
+
+    async def receive() -> tuple[list[dict], list[dict], bytes]:
+        metadata, events, fragments = [], [], b""
+        async with websockets.connect(server.url.replace("http", "ws") + "/v1/realtime/video") as socket:
+            await socket.send(json.dumps(start))
+            while True:
+                message = await asyncio.wait_for(socket.recv(), timeout=120)
+                if isinstance(message, bytes):
+                    fragments += message
+                    continue
+                event = json.loads(message)
+                events.append(event)
+                assert event["type"] != "error", event
+                if event["type"] == "video.chunk_metadata" and event["generation_chunk_index"] is not None:
+                    metadata.append(event)
+                    reply = on_chunk(event["generation_chunk_index"]) if on_chunk else None
+                    if reply is not None:
+                        await socket.send(json.dumps(reply))
+                if event["type"] == "session.done":
+                    return metadata, events, fragments
+
+    return asyncio.run(receive())
+
+
 def server_encoding(frames: np.ndarray) -> np.ndarray:
     """Our frames through vLLM-Omni's own MP4 encoder with its server defaults, decoded."""
     from vllm_omni.entrypoints.openai.video_api_utils import encode_video_base64
@@ -164,42 +202,18 @@ def test_bad_fields_are_client_errors(omni, field, value, message):
     assert message in response.text
 
 
-def test_realtime_websocket_streams_each_chunk_as_it_is_made(tmp_path, checkpoint):
+def test_realtime_websocket_streams_each_chunk_as_it_is_made(streaming_omni, checkpoint):
     """With --diffusion-streaming-output every chunk is its own output: one fMP4 fragment each."""
-    import asyncio
-
-    import websockets
     from vllm_omni.entrypoints.openai.video_api_utils import create_streaming_video_encoder
 
     from helios_serve.model_executor.step_io import chunk_frame_counts
 
-    server = serve(checkpoint, tmp_path, "--diffusion-streaming-output")
     codec = {"preset": "ultrafast", "threads": "1", "tune": "zerolatency"}
     start = {"type": "session.start", "format": "m4s", "prompt": "a heron taking off", "num_frames": 99, "seed": 4,
              "fps": FPS, "extra_params": {"video_codec_options": codec}, **SIZE}
-
-    async def receive() -> tuple[list[dict], bytes]:
-        metadata, fragments = [], b""
-        async with websockets.connect(server.url.replace("http", "ws") + "/v1/realtime/video") as socket:
-            await socket.send(json.dumps(start))
-            while True:
-                message = await asyncio.wait_for(socket.recv(), timeout=120)
-                if isinstance(message, bytes):
-                    fragments += message
-                    continue
-                event = json.loads(message)
-                assert event["type"] != "error", event
-                if event["type"] == "video.chunk_metadata":
-                    metadata.append(event)
-                if event["type"] == "session.done":
-                    return metadata, fragments
-
-    try:
-        metadata, fragments = asyncio.run(receive())
-    finally:
-        server.stop()
+    metadata, _, fragments = realtime_session(streaming_omni, start)
     # One fragment per generated chunk (the closing fragment carries no chunk index).
-    assert [m["generation_chunk_index"] for m in metadata if m["generation_chunk_index"] is not None] == [0, 1, 2]
+    assert [m["generation_chunk_index"] for m in metadata] == [0, 1, 2]
     (ours,) = engine_frames(checkpoint, [(start["prompt"], dict(num_frames=99, seed=4, **SIZE))])
     encoder = create_streaming_video_encoder(output_format="m4s", fps=FPS, video_codec_options=codec)
     expected, offset = b"", 0
@@ -208,6 +222,53 @@ def test_realtime_websocket_streams_each_chunk_as_it_is_made(tmp_path, checkpoin
         offset += count
     expected += encoder.close()
     assert np.array_equal(decode_mp4(fragments), decode_mp4(expected))
+
+
+def test_realtime_prompt_interaction_switches_the_prompt_mid_stream(streaming_omni, checkpoint):
+    """vLLM-Omni's own interaction path: a WS `session.interaction` with a new prompt reaches our
+    pipeline through its PromptInteractionHandler at the next chunk boundary. The chunks before
+    the switch equal the uninterrupted video; from the switch on, the video is exactly what our
+    engine makes with that prompt switch scheduled at the same chunk."""
+    from vllm_omni.entrypoints.openai.video_api_utils import create_streaming_video_encoder
+
+    from helios_serve import HeliosEngine, VideoSamplingParams
+    from helios_serve.model_executor.step_io import FRAMES_PER_CHUNK, PromptSwitch, chunk_frame_counts
+
+    codec = {"preset": "ultrafast", "threads": "1", "tune": "zerolatency"}
+    prompt, new_prompt, num_frames = "a heron taking off", "a submarine in deep water", 5 * FRAMES_PER_CHUNK
+    start = {"type": "session.start", "format": "m4s", "prompt": prompt, "num_frames": num_frames, "seed": 4,
+             "fps": FPS, "extra_params": {"video_codec_options": codec}, **SIZE}
+    interaction = {"type": "session.interaction",
+                   "interaction": {"event_id": "switch-1", "event": {"prompt": new_prompt}, "transition_chunks": 0}}
+    # Mid-stream: sent once the first chunk is out.
+    metadata, events, fragments = realtime_session(streaming_omni, start, lambda k: interaction if k == 0 else None)
+    queued = [e for e in events if e["type"] == "session.interaction.queued"]
+    assert [e["event_id"] for e in queued] == ["switch-1"]
+    assert [m["generation_chunk_index"] for m in metadata] == [0, 1, 2, 3, 4]
+    # The first chunk made under the new prompt carries the event's id in its metadata.
+    started = [m["generation_chunk_index"] for m in metadata if "switch-1" in m["started_event_ids"]]
+    assert len(started) == 1 and 1 <= started[0] <= 4, metadata
+    switch = started[0]
+
+    schedule = (PromptSwitch(0, prompt), PromptSwitch(switch, new_prompt))
+    plain, switched = (video.frames for video in HeliosEngine(model=checkpoint).generate(
+        [prompt, prompt], [VideoSamplingParams(num_frames=num_frames, seed=4, **SIZE),
+                           VideoSamplingParams(num_frames=num_frames, seed=4, prompt_schedule=schedule, **SIZE)]))
+
+    def streamed(frames: np.ndarray) -> np.ndarray:
+        encoder = create_streaming_video_encoder(output_format="m4s", fps=FPS, video_codec_options=codec)
+        expected, offset = b"", 0
+        for count in chunk_frame_counts(num_frames):
+            expected += encoder.encode(frames[offset : offset + count])
+            offset += count
+        return decode_mp4(expected + encoder.close())
+
+    served, before = decode_mp4(fragments), switch * FRAMES_PER_CHUNK
+    assert np.array_equal(served, streamed(switched))
+    uninterrupted = streamed(plain)
+    assert np.array_equal(served[:before], uninterrupted[:before])
+    assert mean_difference(served[before:], uninterrupted[before:]) > 5
+    assert "switch-1" in [e for m in metadata for e in m["completed_event_ids"]]
 
 
 def test_serving_benchmark_runs_against_vllm_omni(omni, tmp_path):

@@ -7,6 +7,8 @@ vLLM-Omni drives a pipeline in one of two modes:
   ``denoise_step`` over the running requests, ``step_scheduler`` per request, and
   ``post_decode`` at the end of each chunk (with ``--diffusion-streaming-output``) or of the
   request.
+  With streamed chunks it also calls our ``SupportsInteractionApply`` hooks at every chunk
+  boundary, so a realtime ``session.interaction`` changes the prompt from the next chunk on.
 
 Both modes run on our ModelRunner's per-request units (text encoding, chunk start, batched
 forward, sampler step, stage transition, chunk decode). Unlike vLLM-Omni's built-in Helios,
@@ -24,6 +26,7 @@ velocities the same way. Everything else of a request (history, sampler, generat
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -34,13 +37,15 @@ import torch
 from torch import nn
 from vllm_omni.diffusion.data import DiffusionOutput
 from vllm_omni.diffusion.distributed.utils import get_local_device
+from vllm_omni.diffusion.interaction.mixin import InteractionMixin
+from vllm_omni.diffusion.interaction.types import ChunkMediaSpec
 from vllm_omni.diffusion.worker.input_batch import InputBatch
 from vllm_omni.diffusion.worker.utils import StepRequestState
 from vllm_omni.errors import OmniClientError
 
 from ...model_executor.checkpoint import read_variant, resolve_model
 from ...model_executor.model_runner import ModelRunner, RunnerConfig
-from ...model_executor.step_io import LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, RequestSpec
+from ...model_executor.step_io import FRAMES_PER_CHUNK, LATENT_CHANNELS, LATENT_FRAMES_PER_CHUNK, RequestSpec
 from ..request_fields import request_spec
 
 logger = logging.getLogger(__name__)
@@ -52,6 +57,11 @@ BATCH_STATS = "helios_serve.batch"
 """The largest forward a request shared, and whether its batch mates were at other timesteps."""
 DONE_FRAMES = "helios_serve.frames"
 """Decoded chunks kept for the final output when chunks are not streamed."""
+PROMPT_TEXT = "helios_serve.prompt_text"
+"""(embeddings, cache key) of the text vLLM-Omni's prompt interaction last set; the key is None
+until an interaction changes the request's text."""
+_interaction_texts = itertools.count()
+"""Numbers the texts of prompt interactions: their cross-attention cache keys never repeat."""
 
 
 def request_fields(prompt: Any, sampling: Any) -> tuple[str, dict[str, Any]]:
@@ -104,7 +114,7 @@ def get_post_process_func(od_config):
     return post_process
 
 
-class HeliosServePipeline(nn.Module):
+class HeliosServePipeline(InteractionMixin, nn.Module):
     supports_step_execution: ClassVar[bool] = True
     _dit_modules: ClassVar[list[str]] = ["transformer"]
     _encoder_modules: ClassVar[list[str]] = ["text_encoder"]
@@ -126,6 +136,10 @@ class HeliosServePipeline(nn.Module):
         modules = self.runner.modules()
         self.transformer, self.text_encoder, self.vae = modules["transformer"], modules["text_encoder"], modules["vae"]
         self.weights_sources = ()  # our loader read the checkpoint above (with its own checks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
 
     def load_weights(self, weights) -> set[str]:
         for _ in weights:  # no sources are declared, so nothing arrives here
@@ -150,6 +164,10 @@ class HeliosServePipeline(nn.Module):
         state.extra[HELIOS] = helios
         state.extra[DONE_FRAMES] = []
         state.extra[BATCH_STATS] = {"largest": 0, "mixed_timesteps": False}
+        # The text of the chunk being made, for vLLM-Omni's prompt interaction handler (it
+        # blends from here to a new prompt's embeddings; see prepare_next_chunk).
+        state.prompt_embeds = helios.text
+        state.extra[PROMPT_TEXT] = (helios.text, None)
         state.total_chunks = spec.num_chunks
         state.step_index = 0
         # One timestep per forward of the whole request, filled in as each stage starts.
@@ -227,6 +245,49 @@ class HeliosServePipeline(nn.Module):
                 " at different timesteps" if batch["mixed_timesteps"] else "",
             )
         return DiffusionOutput(output=video, chunk_index=chunk_index, total_chunks=state.total_chunks, finished=finished)
+
+    # -- vLLM-Omni prompt interactions (WS session.interaction) ---------------------------------
+    # With --diffusion-streaming-output, after each chunk's post_decode vLLM-Omni's runner calls
+    # apply_interaction_at_chunk_boundary (InteractionMixin: its PromptInteractionHandler sets
+    # state.prompt_embeds to the new prompt's embeddings, or a blend over transition_chunks) and
+    # then prepare_next_chunk, before the next chunk's first denoising step.
+    def encode_prompt(self, prompt: str, negative_prompt: str | None = None, do_classifier_free_guidance: bool = False,
+                      num_videos_per_prompt: int = 1, max_sequence_length: int | None = None, device=None,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prompt embeddings [1, L, text_dim], negative ones or None): our text encoder's, as
+        vLLM-Omni's prompt handler asks for them (one video per request; fixed length L)."""
+        embeds = self.runner.encode_prompt(prompt).to(device or self.device, dtype or self.transformer.dtype)
+        negative = None
+        if do_classifier_free_guidance:
+            negative = self.runner.encode_prompt(negative_prompt or "").to(embeds.device, embeds.dtype)
+        return embeds, negative
+
+    def peek_chunk_media(self, state: StepRequestState) -> ChunkMediaSpec:
+        helios = state.extra[HELIOS]
+        chunk = min(helios.chunk_index, helios.spec.num_chunks - 1)
+        fps = getattr(state.sampling, "fps", None) or 24
+        return ChunkMediaSpec(num_media_frames=helios.spec.frames_in_chunk(chunk) or FRAMES_PER_CHUNK, fps=float(fps),
+                              num_latent_frames=LATENT_FRAMES_PER_CHUNK)
+
+    def prepare_next_chunk(self, state: StepRequestState) -> None:
+        """Conditions the chunk just begun on ``state.prompt_embeds`` once an interaction changed
+        it. The runner fixed the chunk's text from the request's prompt when it began the chunk
+        (in advance), and no forward has read it yet, so it is replaced here; every later chunk
+        begins from the prompt again, so the interaction's text is set at every boundary."""
+        helios = state.extra[HELIOS]
+        embeds = state.prompt_embeds
+        if helios.is_finished or embeds is None:
+            return
+        applied = state.extra[PROMPT_TEXT]
+        if applied[0] is not embeds:
+            # A new text: a cache key that no prompt (a str) or prompt mix (of str, float pairs)
+            # can equal, and that is never reused, so no other text's cached K/V is ever taken.
+            key = ("vllm-omni interaction", next(_interaction_texts))
+            applied = state.extra[PROMPT_TEXT] = (embeds, key)
+        if applied[1] is None:
+            return  # no interaction yet: the chunk keeps the request's own text
+        helios.text = embeds[:1].to(self.device, self.transformer.dtype)
+        helios.text_key = applied[1]
 
     # -- request mode --------------------------------------------------------------------------
     def forward(self, req, **kwargs: Any) -> DiffusionOutput:
