@@ -133,6 +133,49 @@ def test_cancel_stops_the_job(browser, server):
     page.close()
 
 
+def test_live_stream_takes_a_new_prompt_while_it_plays(browser, server):
+    page = Page(browser, server.url + "/", viewport={"width": 1280, "height": 900})
+    page.page.fill("#prompt", "a fox walks through snow")
+    page.page.check("#live")
+    assert page.page.is_disabled("#length")
+    page.page.select_option("#size", "192x128")
+    page.page.click("#generate")
+    page.page.wait_for_function("document.getElementById('status').textContent.startsWith('Live · chunk')")
+    video_id = httpx.get(f"{server.api}/videos?limit=1").json()["data"][0]["id"]
+    page.page.fill("#steer-prompt", "the fox starts to run")
+    page.page.click("#steer")
+    page.page.wait_for_function("document.getElementById('status').textContent.includes('from chunk')")
+    schedule = httpx.get(f"{server.api}/videos/{video_id}").json()["prompt_schedule"]
+    switch = schedule[-1]
+    assert switch["prompt"] == "the fox starts to run" and switch["transition_chunks"] == 1
+    # The new prompt's chunk reaches the player a chunk or two later.
+    page.page.wait_for_function(f"document.getElementById('player').buffered.length && "
+                                f"document.getElementById('player').buffered.end(0) > {switch['from_chunk'] * 33 / 24}")
+    page.shot("desktop-live-steered")
+    page.page.click("#cancel")
+    page.page.wait_for_function("document.getElementById('status').textContent === 'Stopped.'")
+    assert httpx.get(f"{server.api}/videos/{video_id}").status_code == 404
+    assert page.errors == []
+    page.close()
+
+
+def test_a_finished_video_is_extended_from_the_recent_list(browser, server):
+    page = Page(browser, server.url + "/", viewport={"width": 1280, "height": 900})
+    page.request_video("a paper boat", frames=66)
+    page.page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
+    original = httpx.get(f"{server.api}/videos?limit=1").json()["data"][0]
+    page.page.fill("#prompt", "the boat reaches the sea")
+    page.page.click("#jobs li:has-text('a paper boat') button.extend")
+    page.page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
+    extended = httpx.get(f"{server.api}/videos?limit=1").json()["data"][0]
+    assert extended["id"] != original["id"] and extended["total_chunks"] == 4
+    assert [entry["prompt"] for entry in extended["prompt_schedule"]] == ["a paper boat", "the boat reaches the sea"]
+    assert page.buffered_end() == pytest.approx(extended["num_frames"] / 24, abs=0.1)  # the whole video plays
+    page.shot("desktop-extended")
+    assert page.errors == []
+    page.close()
+
+
 def test_a_server_with_an_api_key(browser, tmp_path):
     keyed = start_server(tmp_path / "data", "--api-key", API_KEY)
     try:

@@ -207,8 +207,10 @@ function watch(job) {
   let chunksDone = 0;
   current = { job, events, player };
   $("cancel").disabled = false;
+  $("cancel").textContent = job.live ? "Stop" : "Cancel";
+  setSteering(true);
   $("download").hidden = true;
-  setStatus(`Queued: ${job.total_chunks} chunk(s), ${job.num_frames} frames.`);
+  setStatus(job.live ? "Live: starting…" : `Queued: ${job.total_chunks} chunk(s), ${job.num_frames} frames.`);
 
   events.addEventListener("progress", (event) => {
     const data = JSON.parse(event.data);
@@ -223,9 +225,14 @@ function watch(job) {
     else framesAfterFirst += data.num_frames || 33;
     const seconds = (now - firstChunkAt) / 1000;
     const factor = seconds > 0 ? framesAfterFirst / seconds / fps : null;
-    setStatus(`Chunk ${chunksDone} of ${data.total_chunks}` +
-              (factor === null ? "" : ` · ${factor.toFixed(2)}× real time`));
+    setStatus((job.live ? `Live · chunk ${chunksDone}` : `Chunk ${chunksDone} of ${data.total_chunks}`) +
+              (factor === null ? "" : ` · ${factor.toFixed(2)}× real time`) +
+              (current && current.steered ? ` · ${current.steered}` : ""));
     player.addChunk(data.chunk_index);
+  });
+  events.addEventListener("prompt", (event) => {
+    const data = JSON.parse(event.data);
+    if (current && current.job.id === job.id) current.steered = `“${data.prompt}” from chunk ${data.from_chunk + 1}`;
   });
   events.addEventListener("completed", (event) => {
     const final = JSON.parse(event.data);
@@ -257,6 +264,7 @@ function finishJob(videoId, completed) {
     if (!completed) current.player.stop();
     current = null;
   }
+  setSteering(false);
   $("cancel").disabled = true;
   $("generate").disabled = false;
   if (completed) {
@@ -264,6 +272,51 @@ function finishJob(videoId, completed) {
     $("download").hidden = false;
   }
   renderJobs();
+}
+
+function setSteering(enabled) {
+  for (const id of ["steer-prompt", "steer-transition", "steer"]) $(id).disabled = !enabled;
+}
+
+// A new prompt for the job that is playing: it applies from the next chunk not begun.
+async function steer(event) {
+  event.preventDefault();
+  showError("");
+  const prompt = $("steer-prompt").value.trim();
+  if (!current || !prompt) return;
+  const body = JSON.stringify({ prompt, transition_chunks: Number($("steer-transition").value) });
+  try {
+    const answer = await (await api(`/v1/videos/${current.job.id}/prompt`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body,
+    })).json();
+    current.steered = `“${prompt}” from chunk ${answer.from_chunk + 1}`;
+    $("steer-prompt").value = "";
+  } catch (error) {
+    showError(`Changing the prompt failed: ${error.message}`);
+  }
+}
+
+// A finished video continued from where it ended: a new job, the whole video plus the extension.
+async function extend(job) {
+  showError("");
+  const prompt = $("prompt").value.trim() || job.prompt;
+  const length = Number($("length").value);
+  if (!Number.isInteger(length) || length < 1) {
+    showError("Length must be a whole number, at least 1.");
+    return;
+  }
+  const added = $("length-unit").value === "frames" ? { num_frames: length } : { seconds: length };
+  if (current) finishJob(current.job.id, false);
+  try {
+    const created = await (await api(`/v1/videos/${job.id}/extend`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ prompt, ...added }),
+    })).json();
+    remember(created.id);
+    watch(created);
+    renderJobs();
+  } catch (error) {
+    showError(`Extending failed: ${error.message}`);
+  }
 }
 
 async function cancel() {
@@ -275,7 +328,7 @@ async function cancel() {
   try {
     await api(`/v1/videos/${job.id}`, { method: "DELETE" });
     forget(job.id);  // a cancelled job is deleted
-    setStatus("Cancelled.");
+    setStatus(job.live ? "Stopped." : "Cancelled.");
     $("progress").value = 0;
   } catch (error) {
     showError(`Cancel failed: ${error.message}`);
@@ -289,9 +342,13 @@ function requestBody() {
   const prompt = $("prompt").value.trim();
   if (!prompt) throw new Error("Write a prompt first.");
   form.append("prompt", prompt);
-  const length = Number($("length").value);
-  if (!Number.isInteger(length) || length < 1) throw new Error("Length must be a whole number, at least 1.");
-  form.append($("length-unit").value === "frames" ? "num_frames" : "seconds", String(length));
+  if ($("live").checked) {
+    form.append("realtime", "true");  // no length: it plays until stopped
+  } else {
+    const length = Number($("length").value);
+    if (!Number.isInteger(length) || length < 1) throw new Error("Length must be a whole number, at least 1.");
+    form.append($("length-unit").value === "frames" ? "num_frames" : "seconds", String(length));
+  }
   if ($("size").value) form.append("size", $("size").value);
   if ($("seed").value !== "") form.append("seed", $("seed").value);
   if ($("negative-prompt").value.trim()) form.append("negative_prompt", $("negative-prompt").value.trim());
@@ -370,7 +427,8 @@ async function renderJobs() {
     prompt.textContent = job.prompt;
     const details = document.createElement("span");
     details.className = "muted";
-    details.textContent = `${job.status} · ${job.num_frames} frames · ${job.size} · seed ${job.seed}`;
+    details.textContent = `${job.status} · ${job.live ? "live" : `${job.num_frames} frames`} · ${job.size} · ` +
+                          `seed ${job.seed}`;
     item.append(prompt, details);
     if (job.status === "completed") {
       const link = document.createElement("a");
@@ -379,6 +437,15 @@ async function renderJobs() {
       link.textContent = "Download";
       link.setAttribute("aria-label", `Download the video of “${job.prompt}”`);
       item.append(link);
+      if (!job.live) {
+        const more = document.createElement("button");
+        more.type = "button";
+        more.className = "secondary extend";
+        more.textContent = "Extend";
+        more.setAttribute("aria-label", `Extend the video of “${job.prompt}” by the length above`);
+        more.addEventListener("click", () => extend(job));
+        item.append(more);
+      }
     }
     list.append(item);
   }
@@ -411,6 +478,10 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("create-form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancel);
+  $("steer-form").addEventListener("submit", steer);
+  $("live").addEventListener("change", () => {
+    $("length").disabled = $("length-unit").disabled = $("live").checked;
+  });
   if (!window.MediaSource && !$("player").canPlayType("application/vnd.apple.mpegurl")) {
     showError("This browser can play neither Media Source Extensions nor HLS: download the videos instead.");
   }
