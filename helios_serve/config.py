@@ -122,6 +122,12 @@ class ServerConfig:
     min_free_disk_mb: float = setting(
         1024.0, "new videos are refused (507) while the data directory's disk has less free space than this, "
                 "in MiB, so running videos can still be written")
+    max_stream_seconds: float = setting(
+        3600.0, "a live stream (realtime without num_frames or seconds, or a WebSocket session without them) ends, "
+                "completed, after this many seconds of video")
+    max_kept_stream_mb: float = setting(
+        2048.0, "a live stream created with keep keeps every segment for its final MP4; it ends, completed, when its "
+                "segments pass this many MiB")
     log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
     allowed_hosts: str | None = setting(
         None, "more names the server answers to, comma-separated ('*': any). It answers to its --host; bound to a "
@@ -139,7 +145,7 @@ class ServerConfig:
                 raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://example.com:8443")
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be from 1 to 65535, got {self.port}")
-        for name in ("retention_hours", "max_upload_mb"):
+        for name in ("retention_hours", "max_upload_mb", "max_stream_seconds", "max_kept_stream_mb"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.min_free_disk_mb < 0:

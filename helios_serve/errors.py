@@ -37,6 +37,14 @@ class JobNotFoundError(LookupError):
     """No job has this id (or it expired or was deleted)."""
 
 
+class JobExpiredError(LookupError):
+    """The job's retention has passed: it is being deleted and can no longer be used."""
+
+    def __init__(self, message: str, code: str = "expired"):
+        super().__init__(message)
+        self.code = code
+
+
 class StorageError(OSError):
     """The data directory or the job store cannot take a write (a full disk, an I/O error)."""
 

@@ -17,6 +17,8 @@ class VideoChunkOutput:
     """uint8 [T, H, W, 3] of this chunk (33 frames; the last chunk trimmed to a 4n+1 video)."""
     resume_state: Any = None
     """For resumable requests: what the next chunk needs (model_executor.resume.ResumeSnapshot)."""
+    cut_frames: Any = None
+    """Of a trimmed last chunk: the frames cut off its end (a longer video has them); else None."""
 
 
 @dataclass

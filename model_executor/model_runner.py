@@ -252,13 +252,14 @@ class ModelRunner:
             # The chunk's only reads from the device: the non-finite flag, the frames, the snapshot.
             if to_host(nonfinite):
                 raise ValueError("the sampler produced non-finite latents")
-            frames = decoder.decode_frames(latents)[:num_frames]
+            decoded = to_host(decoder.decode_frames(latents)).numpy()
+            frames, cut = decoded[:num_frames], decoded[num_frames:]
             snapshot = None
             if resume is not None:
                 done, history, anchor, rng = resume
                 anchor = to_host(anchor).clone() if anchor is not None else None
                 snapshot = ResumeSnapshot(done, to_host(history).clone(), anchor, rng)
-            return DecodedChunk(request_id, chunk_index, to_host(frames).numpy(), snapshot)
+            return DecodedChunk(request_id, chunk_index, frames, snapshot, cut if len(cut) else None)
 
         reads = tuple(t for t in (latents, nonfinite, *(resume[1:3] if resume else ())) if t is not None)
         return decode, reads

@@ -251,6 +251,9 @@ class DecodedChunk:
     """uint8 numpy array [T, H, W, 3]."""
     resume_state: Any = None
     """A model_executor.resume.ResumeSnapshot (CPU tensors) when the request is resumable."""
+    cut_frames: Any = None
+    """Of a trimmed last chunk: the decoded frames cut off its end (uint8 [33 - T, H, W, 3]), which a
+    longer video has, so a job can keep its untrimmed chunk for extensions; None if nothing was cut."""
 
 
 @dataclass

@@ -161,7 +161,7 @@ class AsyncHeliosEngine(EngineFront):
                 target = self._streams.get(chunk.request_id)
                 if target is not None:
                     item = VideoChunkOutput(chunk.request_id, chunk.chunk_index, target[0], chunk.frames,
-                                            chunk.resume_state)
+                                            chunk.resume_state, chunk.cut_frames)
                     self._deliver(chunk.request_id, item)
             for request in step.finished:
                 self._deliver(request.request_id, _FINISHED, final=True)

@@ -105,5 +105,6 @@ class HeliosEngine(EngineFront):
     @staticmethod
     def _chunk_output(request: Request, chunk) -> VideoChunkOutput:
         return VideoChunkOutput(
-            request.request_id, chunk.chunk_index, request.spec.num_chunks, chunk.frames, chunk.resume_state
+            request.request_id, chunk.chunk_index, request.spec.num_chunks, chunk.frames, chunk.resume_state,
+            chunk.cut_frames,
         )

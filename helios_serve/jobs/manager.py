@@ -18,17 +18,19 @@ import time
 
 from ..errors import (
     InvalidRequestError,
+    JobConflictError,
     JobNotFoundError,
     RequestCancelledError,
     RequestFailedError,
     StorageError,
 )
 from ..model_executor.step_io import RequestSpec
-from ..request import RequestStatus
-from ..sampling_params import VideoSamplingParams
+from ..request import Pacing, RequestStatus
+from ..sampling_params import MAX_FRAMES, MAX_PROMPT_CHARS, VideoSamplingParams
 from ..video_io import read_image_bytes, read_video_tail
-from .sink import ChunkSink
-from .status import ACTIVE_STATUSES, CANCELLED, ChunkReady, JobEnded, JobEvent, JobStatus
+from .extend import extend_job, finish_stored
+from .sink import LIVE_KEPT_SEGMENTS, ChunkSink
+from .status import ACTIVE_STATUSES, CANCELLED, ChunkReady, JobEnded, JobEvent, JobStatus, PromptChanged
 from .storage import JobFiles, new_job_id
 from .store import JobRecord, JobStore
 
@@ -40,9 +42,13 @@ _UNREAD = object()
 
 class JobManager:
     def __init__(self, engine, files: JobFiles, store: JobStore, model_name: str, retention_s: float, metrics,
-                 owner: str | None = None, min_free_bytes: int = 0):
+                 owner: str | None = None, min_free_bytes: int = 0, max_stream_seconds: float = 3600.0,
+                 max_kept_stream_bytes: int = 2048 * 2**20):
         """``metrics`` receives each job's timings (entrypoints/openai/metrics.py: ServerMetrics);
-        new jobs are refused (StorageError) while the data directory has less than ``min_free_bytes`` free."""
+        new jobs are refused (StorageError) while the data directory has less than ``min_free_bytes`` free.
+        A live stream (created with ``live``) is ``max_stream_seconds`` of video at most, and one that
+        keeps its segments ends when they pass ``max_kept_stream_bytes``."""
+        self.max_stream_seconds, self.max_kept_stream_bytes = max_stream_seconds, max_kept_stream_bytes
         self.engine, self.files, self.store = engine, files, store
         self.model_name, self.retention_s = model_name, retention_s
         self.metrics = metrics
@@ -60,8 +66,14 @@ class JobManager:
 
     # -- creating --------------------------------------------------------------------------------
     async def create(self, prompt: str, params: VideoSamplingParams, uploads: dict[str, bytes] | None = None, *,
-                     priority: int = 0, realtime: bool = False, job_id: str | None = None) -> JobRecord:
+                     priority: int = 0, realtime: bool = False, job_id: str | None = None, live: bool = False,
+                     keep: bool = False, pacing: dict | None = None) -> JobRecord:
         """Validate, submit to the engine, record and start a job.
+
+        ``live``: a real-time stream without a length (``params.num_frames`` unset) that runs until
+        deleted or the server's ``max_stream_seconds``: only its last segments are kept, and no
+        final MP4 is made unless ``keep``. ``pacing``: the request's pacing fields
+        (pace_to_media_time, pacing_lead_seconds, pacing_max_lag_seconds), stored with the job.
 
         Raises InvalidRequestError or QueueFullError (nothing is recorded then). ``job_id`` is
         given by the Ray ingress, which may send a create again after a replica died
@@ -70,7 +82,12 @@ class JobManager:
             return existing
         self._check_free_space()
         job_id = job_id or new_job_id()
-        settings = {"prompt": prompt, "priority": priority, "realtime": realtime, **params.to_fields()}
+        settings = {"prompt": prompt, "priority": priority, "realtime": realtime, **params.to_fields(), **(pacing or {})}
+        if live:  # the length is the server's limit; the stored num_frames keeps it across restarts
+            fps = params.fps or self.engine.variant.default_fps
+            settings.update(live=True, num_frames=max(1, round(fps * self.max_stream_seconds)))
+            if keep:
+                settings["keep"] = True
         # Decoding uploads can take a while: off the event loop, so other clients are not held up.
         spec = await asyncio.to_thread(self._prepare, job_id, settings, uploads or {})
         record = JobRecord(
@@ -129,6 +146,11 @@ class JobManager:
 
     def _spec(self, job_id: str, settings: dict) -> RequestSpec:
         """The engine spec of a job, from its stored settings and input files (also on resume)."""
+        # A live stream's length is the server's limit, which may pass the longest video a request
+        # may ask for (MAX_FRAMES): resolved at that, and given its own length after.
+        live_frames = settings["num_frames"] if settings.get("live") else None
+        if live_frames is not None:
+            settings = {**settings, "num_frames": min(live_frames, MAX_FRAMES)}
         params = VideoSamplingParams.from_fields(settings)
         image, video = self.files.input(job_id, "image"), self.files.input(job_id, "video")
         # Resolve before decoding, with stand-ins for the inputs (resolve only asks whether one is
@@ -144,13 +166,20 @@ class JobManager:
             if len(tail.frames) < 33:
                 raise ValueError(f"video_reference needs at least 33 frames (one chunk), got {len(tail.frames)}")
             params = params.with_updates(video=tail.frames, video_skipped_frames=tail.skipped_frames)
-        return dataclasses.replace(self.engine.resolve(settings["prompt"], params), resumable=True)
+        # seed_from_chunk: set for an extension with a seed of its own (jobs/extend.py).
+        spec = dataclasses.replace(self.engine.resolve(settings["prompt"], params), resumable=True,
+                                   seed_from_chunk=int(settings.get("seed_from_chunk", 0)))
+        return dataclasses.replace(spec, num_frames=live_frames) if live_frames is not None else spec
 
     def _submit(self, record: JobRecord, spec: RequestSpec) -> None:
         """Raises QueueFullError, or InvalidRequestError for a request the engine cannot take."""
         realtime_fps = record.fps if record.request.get("realtime") else None
+        paced = {}
+        if realtime_fps is not None and record.request.get("pace_to_media_time"):
+            paced["pacing"] = Pacing(record.request.get("pacing_lead_seconds", Pacing.lead_s),
+                                     record.request.get("pacing_max_lag_seconds", Pacing.max_lag_s))
         try:
-            handle = self.engine.add_request(spec, record.id, record.request.get("priority", 0), realtime_fps)
+            handle = self.engine.add_request(spec, record.id, record.request.get("priority", 0), realtime_fps, **paced)
         except ValueError as exc:
             raise InvalidRequestError(str(exc)) from exc
         self._handles[record.id] = handle
@@ -159,7 +188,10 @@ class JobManager:
     # -- running -----------------------------------------------------------------------------------
     async def _run(self, record: JobRecord, handle, start_chunk: int) -> None:
         job_id, metrics = record.id, self.metrics
-        sink = ChunkSink(self.files, job_id, record.fps, record.num_frames)
+        live, keep = bool(record.request.get("live")), bool(record.request.get("keep"))
+        end_reason = "max_stream_seconds" if live else None
+        sink = ChunkSink(self.files, job_id, record.fps, record.num_frames,
+                         window=LIVE_KEPT_SEGMENTS if live and not keep else None, build_video=keep or not live)
         submitted = last_chunk_time = time.monotonic()
         timings = dict(record.timings)
         try:
@@ -178,12 +210,22 @@ class JobManager:
                             chunks_completed=chunk.chunk_index + 1, progress=self._percent(handle.progress()),
                             timings=timings)
                 self._publish(job_id, ChunkReady(chunk.chunk_index, len(chunk.frames), record.total_chunks))
+                if live and keep and sink.bytes_kept > self.max_kept_stream_bytes:  # ends, with what it made
+                    end_reason = "max_kept_stream_mb"
+                    self.engine.abort(job_id)
+                    await asyncio.to_thread(sink.finish)
+                    break
             timings["inference_time_s"] = time.monotonic() - submitted + timings.get("inference_time_s", 0.0)
             if (queued := handle.progress().queue_time_s) is not None:
                 timings.setdefault("queue_time_s", queued)
             now = int(time.time())
+            if end_reason:  # read again: the settings may have changed meanwhile (a new prompt)
+                current = self.store.get(job_id)
+                ended = {"request": {**(current or record).request, "end_reason": end_reason}}
+            else:
+                ended = {}
             self._write(self.store.update, job_id, status=JobStatus.COMPLETED, progress=100, completed_at=now,
-                        expires_at=now + int(self.retention_s), timings=timings)
+                        expires_at=now + int(self.retention_s), timings=timings, **ended)
             metrics.completed.inc()
             self._publish(job_id, JobEnded(JobStatus.COMPLETED))
         except RequestCancelledError as exc:
@@ -221,6 +263,56 @@ class JobManager:
         except StorageError:
             self._unsaved[job_id] = changes
         self._publish(job_id, JobEnded(JobStatus.FAILED, code, message))
+
+    # -- changing the prompt of a running job -------------------------------------------------------
+    async def switch_prompt(self, job_id: str, prompt, transition_chunks=0) -> tuple[int, JobRecord]:
+        """The job follows ``prompt`` from its next chunk not begun (blended in over
+        ``transition_chunks``): (that chunk, the job's record with the new schedule). The
+        schedule is stored with the job's settings, so a resumed job keeps it.
+
+        InvalidRequestError for a bad prompt or transition, JobNotFoundError, JobConflictError
+        when the job is finished or every chunk of it has begun."""
+        if not isinstance(prompt, str) or not prompt or len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidRequestError(f"prompt must be a non-empty string of at most {MAX_PROMPT_CHARS} characters",
+                                      "prompt")
+        if type(transition_chunks) is not int or not 0 <= transition_chunks <= 1000:
+            raise InvalidRequestError(f"transition_chunks must be an integer from 0 to 1000, got {transition_chunks!r}",
+                                      "transition_chunks")
+        record = self.get(job_id)
+        if record.status not in ACTIVE_STATUSES or job_id not in self._handles:
+            raise JobConflictError(f"video {job_id} is {record.status}; its prompt can no longer change",
+                                   "video_not_running")
+        try:
+            from_chunk = await self.engine.switch_prompt(job_id, prompt, transition_chunks)
+        except KeyError:
+            raise JobConflictError(f"video {job_id} is no longer running; its prompt can no longer change",
+                                   "video_not_running") from None
+        except ValueError as exc:
+            raise JobConflictError(f"video {job_id}: {exc}", "no_chunk_left") from None
+        # Read again: chunks completed while the prompt was encoded are recorded in the row meanwhile.
+        record = self.get(job_id)
+        settings = dict(record.request)
+        schedule = settings.get("prompt_schedule") or [{"from_chunk": 0, "prompt": settings["prompt"],
+                                                        "transition_chunks": 0}]
+        if from_chunk == 0:  # nothing begun yet: the whole video follows the new prompt
+            settings["prompt"] = prompt
+            schedule = [{"from_chunk": 0, "prompt": prompt, "transition_chunks": 0}]
+            changes = {"prompt": prompt}
+        else:  # as RequestSpec.with_prompt_from: switches planned from then on are dropped
+            schedule = [entry for entry in schedule if entry["from_chunk"] < from_chunk]
+            schedule.append({"from_chunk": from_chunk, "prompt": prompt, "transition_chunks": transition_chunks})
+            changes = {}
+        settings["prompt_schedule"] = schedule
+        self._write(self.store.update, job_id, request=settings, **changes)
+        self._publish(job_id, PromptChanged(from_chunk, prompt, transition_chunks))
+        return from_chunk, dataclasses.replace(record, request=settings, **changes)
+
+    # -- extending ---------------------------------------------------------------------------------
+    async def extend(self, video_id: str, *, num_frames: int | None = None, seconds: float | None = None,
+                     prompt: str | None = None, seed: int | None = None, transition_chunks: int = 0) -> JobRecord:
+        """A new job whose video is the completed ``video_id`` continued by ``num_frames`` frames (or
+        ``seconds``), jobs/extend.py: exactly the one longer video with the prompt switching at the seam."""
+        return await extend_job(self, video_id, num_frames, seconds, prompt, seed, transition_chunks)
 
     # -- reading -----------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
@@ -327,6 +419,9 @@ class JobManager:
             spec = self._spec(record.id, record.request)
             if snapshot.exists():
                 spec = self.engine.resumed(spec, str(snapshot))
+            if spec.start_chunk >= spec.num_chunks:  # stopped after its last chunk was stored, before its row said so
+                finish_stored(self, record)
+                return False
             self._submit(record, spec)
             logger.info("resuming %s after %d of %d chunks", record.id, spec.start_chunk, record.total_chunks)
             return True

@@ -41,4 +41,13 @@ class JobEnded:
     error_message: str | None = None
 
 
-JobEvent = ChunkReady | JobEnded
+@dataclass(frozen=True)
+class PromptChanged:
+    """The job follows ``prompt`` from chunk ``from_chunk`` on (blended in over ``transition_chunks``)."""
+
+    from_chunk: int
+    prompt: str
+    transition_chunks: int = 0
+
+
+JobEvent = ChunkReady | JobEnded | PromptChanged

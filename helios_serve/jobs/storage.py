@@ -41,6 +41,10 @@ class JobFiles:
     def segment(self, job_id: str, index: int) -> Path:
         return self.job_dir(job_id) / f"seg_{index:05d}.m4s"
 
+    def full_last_segment(self, job_id: str) -> Path:
+        """The last chunk untrimmed (its frames and those cut to make a 4n+1 video), kept for extensions."""
+        return self.job_dir(job_id) / "seg_full_last.m4s"
+
     def video(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "video.mp4"
 

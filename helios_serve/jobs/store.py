@@ -100,6 +100,8 @@ class JobRecord:
 
 
 DAMAGED_RECORD = "damaged_record"
+WAL_CHECKPOINT_PAGES = 64
+WAL_SIZE_LIMIT_BYTES = 1 << 20
 INTEGER_FIELDS = {"int", "int | None"}
 TEXT_FIELDS = {"str", "str | None"}
 
@@ -128,6 +130,11 @@ class JobStore:
         connection = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         connection.row_factory = sqlite3.Row
         connection.execute("PRAGMA journal_mode=WAL")
+        # Every chunk of every running job commits a row update: checkpoint the log often and cap
+        # its file, so the data directory stays flat under endless streams (SQLite's default lets
+        # the log grow to about 4 MiB first).
+        connection.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+        connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
         connection.execute(SCHEMA)
         columns = {row["name"] for row in connection.execute("PRAGMA table_info(videos)")}
         if "owner" not in columns:  # a store written before replicas existed
@@ -154,7 +161,9 @@ class JobStore:
     def update(self, job_id: str, **changes) -> None:
         if "timings" in changes:
             changes["timings_json"] = json.dumps(changes.pop("timings"))
-        allowed = {f.name for f in fields(JobRecord)} | {"timings_json"}
+        if "request" in changes:
+            changes["request_json"] = json.dumps(changes.pop("request"))
+        allowed = {f.name for f in fields(JobRecord)} | {"timings_json", "request_json"}
         unknown = set(changes) - allowed
         if unknown:
             raise KeyError(f"unknown job fields {sorted(unknown)}")

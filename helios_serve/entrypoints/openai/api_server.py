@@ -30,11 +30,22 @@ from ...errors import JobConflictError, JobNotFoundError
 from ...jobs.manager import JobManager
 from ...jobs.status import JobStatus
 from ...jobs.store import JobRecord
-from .body import BodyTooLarge, BodySizeLimit, parse_create_request
+from .body import BodyTooLarge, BodySizeLimit, parse_create_request, parse_json
 from .errors import ERROR_TABLE, ApiError, InternalErrorsAsJson, api_error, error_body, public_message
 from . import openapi
 from .metrics import ServerMetrics
-from .protocol import ModelCard, ModelList, VideoCreateRequest, VideoDeleted, VideoList, VideoObject, video_object
+from .protocol import (
+    ModelCard,
+    ModelList,
+    VideoCreateRequest,
+    VideoDeleted,
+    VideoExtendRequest,
+    VideoList,
+    VideoObject,
+    VideoPromptChanged,
+    VideoPromptRequest,
+    video_object,
+)
 from .replica import requested_job_id
 from .web_safety import HostPolicy, OriginPolicy, WebSafety
 
@@ -90,7 +101,8 @@ class ServerState:
         if body.model is not None and body.model != model:
             raise ApiError(404, "model_not_found", f"this server serves {model!r}, not {body.model!r}", "model")
         return await jobs.create(body.prompt, body.sampling_params(), uploads, priority=body.priority,
-                                 realtime=body.realtime, job_id=job_id)
+                                 realtime=body.realtime, job_id=job_id, live=body.live, keep=body.keep,
+                                 pacing=body.pacing_fields())
 
     def authorize(self, connection: HTTPConnection) -> None:
         """The one API-key check, for HTTP routes (a dependency) and the WebSocket alike."""
@@ -162,6 +174,10 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
     @app.post("/v1/videos/sync", dependencies=auth, response_class=FileResponse, openapi_extra=CREATE_BODY_SCHEMA)
     async def create_video_sync(request: Request):
         body, uploads = await parse_create_request(request)
+        if body.live and not body.keep:
+            raise ApiError(422, "invalid_value", "a live stream (realtime without num_frames or seconds) has no MP4 "
+                                                 "to answer with: give num_frames or seconds, or keep: true",
+                           "num_frames")
         record = await state.create_job(body, uploads, requested_job_id(request, state))
         jobs = state.require_jobs()
         final = await until_disconnected(request, jobs.wait_final(record.id))
@@ -196,12 +212,43 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
         await state.require_jobs().delete(video_id)  # a running job is counted as cancelled by its task
         return VideoDeleted(id=video_id)
 
+    @app.post("/v1/videos/{video_id}/prompt", dependencies=auth, response_model=VideoPromptChanged,
+              openapi_extra=json_body_schema("VideoPromptRequest"))
+    async def change_prompt(video_id: str, request: Request) -> VideoPromptChanged:
+        """The running video follows a new prompt from its next chunk not begun (409 once every
+        chunk has begun or the video is finished); the schedule is recorded with the job."""
+        data = parse_json(await request.body() or b"null")
+        if not isinstance(data, dict):
+            raise ApiError(422, "invalid_value", "the body must be a JSON object")
+        body = VideoPromptRequest.model_validate(data)
+        from_chunk, record = await state.require_jobs().switch_prompt(video_id, body.prompt, body.transition_chunks)
+        return VideoPromptChanged(id=video_id, from_chunk=from_chunk, prompt=body.prompt,
+                                  transition_chunks=body.transition_chunks,
+                                  prompt_schedule=record.request["prompt_schedule"])
+
+    @app.post("/v1/videos/{video_id}/extend", dependencies=auth, response_model=VideoObject,
+              openapi_extra=json_body_schema("VideoExtendRequest"))
+    async def extend_video(video_id: str, request: Request) -> JSONResponse:
+        """A new video: this completed one continued (jobs/extend.py), exactly the one longer video
+        whose prompt switches where the original ends. 410 once the original has expired."""
+        data = parse_json(await request.body() or b"null")
+        if not isinstance(data, dict):
+            raise ApiError(422, "invalid_value", "the body must be a JSON object")
+        body = VideoExtendRequest.model_validate(data)
+        jobs = state.require_jobs()
+        record = await jobs.extend(video_id, num_frames=body.num_frames, seconds=body.seconds, prompt=body.prompt,
+                                   seed=body.seed, transition_chunks=body.transition_chunks)
+        return JSONResponse(video_object(jobs, record).model_dump(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
+
     @app.get("/v1/videos/{video_id}/content", dependencies=auth, response_class=FileResponse)
     async def video_content(video_id: str, variant: str = Query(default="video", pattern="^(video|thumbnail)$")):
         jobs = state.require_jobs()
         record = jobs.get(video_id)
         if variant == "thumbnail" and jobs.files.thumbnail(video_id).exists():
             return FileResponse(jobs.files.thumbnail(video_id), media_type="image/webp")
+        if record.request.get("live") and not record.request.get("keep"):
+            raise JobConflictError(f"video {video_id} is a live stream: it keeps only its last segments and has no "
+                                   "MP4 (create it with keep: true for one)", "no_video_file")
         if record.status is not JobStatus.COMPLETED:
             raise JobConflictError(f"video {video_id} is {record.status}; its content is not ready", "video_not_ready")
         return FileResponse(jobs.files.video(video_id), media_type="video/mp4", filename=f"{video_id}.mp4")
@@ -263,6 +310,12 @@ CREATE_BODY_SCHEMA = {
         },
     }
 }
+
+
+def json_body_schema(model: str) -> dict:
+    """The OpenAPI request body of a route that reads a JSON object of ``model`` itself."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
 
 
 def install_error_handlers(app: FastAPI) -> None:

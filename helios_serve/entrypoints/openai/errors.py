@@ -8,7 +8,14 @@ import re
 
 from starlette.responses import JSONResponse
 
-from ...errors import InvalidRequestError, JobConflictError, JobNotFoundError, QueueFullError, StorageError
+from ...errors import (
+    InvalidRequestError,
+    JobConflictError,
+    JobExpiredError,
+    JobNotFoundError,
+    QueueFullError,
+    StorageError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +31,7 @@ class ApiError(Exception):
 ERROR_TABLE: dict[type[Exception], tuple[int, str, str | None]] = {
     JobNotFoundError: (404, "not_found", "video_id"),
     JobConflictError: (409, "conflict", "video_id"),
+    JobExpiredError: (410, "expired", "video_id"),
     InvalidRequestError: (422, "invalid_value", None),
     QueueFullError: (429, "queue_full", None),
     StorageError: (507, "insufficient_storage", None),

@@ -34,7 +34,9 @@ async def load_engine(state) -> None:
         files = JobFiles(config.server.data_dir)
         jobs = JobManager(engine, files, JobStore(files.database), model, config.server.retention_hours * 3600,
                           state.metrics, owner=state.replica_id,
-                          min_free_bytes=int(config.server.min_free_disk_mb * 2**20))
+                          min_free_bytes=int(config.server.min_free_disk_mb * 2**20),
+                          max_stream_seconds=config.server.max_stream_seconds,
+                          max_kept_stream_bytes=int(config.server.max_kept_stream_mb * 2**20))
         # A replica of a Ray deployment leaves interrupted jobs to the router (see replica.py).
         resumed = jobs.resume_interrupted() if state.replica_id is None else []
         state.jobs = jobs

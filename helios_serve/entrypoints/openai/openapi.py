@@ -5,7 +5,8 @@ FastAPI's generated schema knows only the success response and its own 422. The 
 follow from where each error is raised: the web-safety middleware (400 Host or body nesting,
 403 Origin, 415 body type) and the body-size limit (413) guard every route or every POST; the
 key check (401) and readiness (503) every /v1 route; the job routes 404 and 409; the creates
-422, 429 and 507. `tests/test_openapi.py` holds the server to it with schemathesis.
+422, 429 and 507; a prompt change 507 too (it records the new schedule).
+`tests/test_openapi.py` holds the server to it with schemathesis.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
-from .protocol import VideoCreateRequest
+from .protocol import VideoCreateRequest, VideoExtendRequest, VideoPromptRequest
 
 ERROR_DESCRIPTIONS = {
     400: "the Host header does not name this server, or the body is nested too deeply",
@@ -22,6 +23,7 @@ ERROR_DESCRIPTIONS = {
     403: "a browser page of another site",
     404: "no such video",
     409: "the video is not in a state that allows this (e.g. not finished yet)",
+    410: "the video has expired (its retention passed)",
     413: "the body is larger than --max-upload-mb",
     415: "the body is neither application/json nor multipart/form-data",
     422: "a field has an invalid value (param names it)",
@@ -31,6 +33,8 @@ ERROR_DESCRIPTIONS = {
     507: "the server cannot store a new video now (low disk space, a failing store)",
 }
 CREATE_PATHS = {"/v1/videos", "/v1/videos/sync"}
+PROMPT_PATH = "/v1/videos/{video_id}/prompt"
+EXTEND_PATH = "/v1/videos/{video_id}/extend"
 MEDIA_TYPES = {
     "/v1/videos/sync": ("video/mp4",),
     "/v1/videos/{video_id}/content": ("video/mp4", "image/webp"),
@@ -77,6 +81,10 @@ def error_statuses(path: str, method: str) -> set[int]:
         statuses |= {404, 429, 507}  # 404: a model this server does not serve
     if "{video_id}" in path:
         statuses |= {404, 409, 422}
+    if path == EXTEND_PATH:
+        statuses |= {410, 429, 507}  # 410: the original expired; 429, 507: a create
+    if path == PROMPT_PATH:
+        statuses.add(507)  # the new schedule is recorded with the job
     if path == "/v1/videos" and method == "get":
         statuses.add(422)  # limit, order
     return statuses
@@ -86,7 +94,10 @@ def document(schema: dict) -> dict:
     """Add the error responses, the shared error body and the bearer scheme to a FastAPI schema."""
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    schemas["VideoCreateRequest"] = VideoCreateRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    for body in (VideoCreateRequest, VideoPromptRequest, VideoExtendRequest):
+        body_schema = body.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(body_schema.pop("$defs", {}))  # nested models (PromptScheduleEntry): where the refs point
+        schemas[body.__name__] = body_schema
     for model in (ErrorDetail, ErrorResponse, ServiceStatus):
         schemas[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body; ours is ErrorResponse

@@ -11,7 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from ...jobs.manager import JobManager
 from ...jobs.status import JobStatus
 from ...jobs.store import JobRecord
-from ...sampling_params import EXTRA_PARAM_FIELDS, MAX_FRAMES, WIRE_FIELDS, VideoSamplingParams, pydantic_field
+from ...sampling_params import (
+    EXTRA_PARAM_FIELDS,
+    MAX_FRAMES,
+    MAX_PROMPT_CHARS,
+    WIRE_FIELDS,
+    VideoSamplingParams,
+    pydantic_field,
+)
 from .errors import public_message
 
 SIZE_PATTERN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
@@ -33,6 +40,15 @@ class _CreateFields(BaseModel):
     priority: int = Field(default=0, ge=-100, le=100, description="lower runs first (the 'priority' policy)")
     realtime: bool = Field(default=False, description="real-time playback at fps: chunk k is due k * 33 / fps "
                                                       "seconds after the first")
+    pace_to_media_time: bool = Field(default=False, description="realtime only: generate at most "
+                                     "pacing_lead_seconds ahead of the client's playback (vLLM-Omni's pacing)")
+    pacing_lead_seconds: float = Field(default=2.0, gt=0, le=60, description="paced stream: how far generation may "
+                                                                             "run ahead of playback, in seconds")
+    pacing_max_lag_seconds: float = Field(default=5.0, gt=0, le=600,
+                                          description="paced stream: a chunk later than this restarts the playback "
+                                                      "clock from it (the player stalled)")
+    keep: bool = Field(default=False, description="live stream (realtime without num_frames or seconds): keep every "
+                                                  "segment and build the final MP4 (up to the server's size limit)")
     input_reference: str | None = Field(default=None, description="image to start from (image-to-video): an "
                                                                    "upload in multipart, a base64 data URL in JSON")
     video_reference: str | None = Field(default=None, description="video to continue (video-to-video): an "
@@ -76,7 +92,24 @@ class VideoCreateRequest(create_model("_VideoCreateBody", __base__=_CreateFields
             raise ValueError("give seconds or num_frames, not both")
         if self.input_reference is not None and self.video_reference is not None:
             raise ValueError("give input_reference (an image) or video_reference, not both")
+        if self.pace_to_media_time and not self.realtime:
+            raise ValueError("pace_to_media_time needs realtime: true (a playback to pace to)")
+        if self.keep and not self.live:
+            raise ValueError("keep is for live streams (realtime without num_frames or seconds); a video of a given "
+                             "length always keeps its MP4")
         return self
+
+    @property
+    def live(self) -> bool:
+        """A live stream: real-time without a length, it runs until deleted, stopped or the server's limit."""
+        return self.realtime and self.num_frames is None and self.seconds is None
+
+    def pacing_fields(self) -> dict:
+        """The pacing settings a job stores (none unless paced)."""
+        if not self.pace_to_media_time:
+            return {}
+        return {"pace_to_media_time": True, "pacing_lead_seconds": self.pacing_lead_seconds,
+                "pacing_max_lag_seconds": self.pacing_max_lag_seconds}
 
     def sampling_params(self) -> VideoSamplingParams:
         """The video's settings: ``size`` and ``seconds`` become pixels and frames at ``fps``.
@@ -96,6 +129,56 @@ class VideoCreateRequest(create_model("_VideoCreateBody", __base__=_CreateFields
 class VideoError(BaseModel):
     code: str
     message: str
+
+
+class PromptScheduleItem(BaseModel):
+    from_chunk: int
+    prompt: str
+    transition_chunks: int = 0
+
+
+class VideoPromptRequest(BaseModel):
+    """POST /v1/videos/{id}/prompt: the running video follows ``prompt`` from its next chunk not begun."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what the video shows from then on")
+    transition_chunks: int = Field(default=0, ge=0, le=1000, description="chunks over which the text conditioning "
+                                                                          "moves linearly to the new prompt")
+
+
+class VideoExtendRequest(BaseModel):
+    """POST /v1/videos/{id}/extend: continue a completed video (the new video is the whole video)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS,
+                               description="what the continuation shows (default: the video's last prompt)")
+    seconds: float | None = Field(default=None, gt=0, le=MAX_FRAMES / 24,
+                                  description="how much to add, in seconds at the video's fps")
+    num_frames: int | None = Field(default=None, ge=1, le=MAX_FRAMES, description="how much to add, in frames")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                             description="a new seed for the continuation (default: the video's random stream "
+                                         "goes on, exactly as in one longer video)")
+    transition_chunks: int = Field(default=0, ge=0, le=1000, description="chunks over which the text conditioning "
+                                                                          "moves linearly to the new prompt")
+
+    @model_validator(mode="after")
+    def _length(self) -> VideoExtendRequest:
+        if (self.seconds is None) == (self.num_frames is None):
+            raise ValueError("give seconds or num_frames (how much to add), not both")
+        return self
+
+
+class VideoPromptChanged(BaseModel):
+    """The answer to POST /v1/videos/{id}/prompt: the chunk the new prompt applies from."""
+
+    id: str
+    object: Literal["video.prompt"] = "video.prompt"
+    from_chunk: int
+    prompt: str
+    transition_chunks: int
+    prompt_schedule: list[PromptScheduleItem]
 
 
 class VideoObject(BaseModel):
@@ -123,6 +206,15 @@ class VideoObject(BaseModel):
     queue_time_s: float | None = None
     time_to_first_chunk_s: float | None = None
     inference_time_s: float | None = None
+    prompt_schedule: list[PromptScheduleItem] | None = None
+    """The prompts over time once the video has more than one (given at create, or changed with
+    POST /v1/videos/{id}/prompt): create a video with it and the same seed to get the same video."""
+    live: bool = False
+    """A live stream: num_frames is the server's limit, it runs until deleted or stopped before."""
+    end_reason: str | None = None
+    """Why a live stream completed: max_stream_seconds or max_kept_stream_mb (the server's limits)."""
+    extended_from_video_id: str | None = None
+    """For an extension (POST /v1/videos/{id}/extend): the video it continues."""
 
 
 class VideoList(BaseModel):
@@ -164,5 +256,7 @@ def video_object(jobs: JobManager, record: JobRecord) -> VideoObject:
         prompt=record.prompt, error=error, num_frames=record.num_frames, fps=record.fps,
         seed=record.request.get("seed"), chunks_completed=record.chunks_completed, total_chunks=record.total_chunks,
         queue_time_s=timings.get("queue_time_s"), time_to_first_chunk_s=timings.get("time_to_first_chunk_s"),
-        inference_time_s=timings.get("inference_time_s"),
+        inference_time_s=timings.get("inference_time_s"), prompt_schedule=record.request.get("prompt_schedule"),
+        live=bool(record.request.get("live")), end_reason=record.request.get("end_reason"),
+        extended_from_video_id=record.request.get("extended_from"),
     )

@@ -1,10 +1,14 @@
 """WS /v1/realtime/video: vLLM-Omni's streaming video protocol, so its clients work unchanged.
 
 client: {"type": "session.start", prompt, width, height, fps, num_frames, ..., "format": "m4s"}
+(real-time at fps; without num_frames a live stream until session.stop, paced with
+pace_to_media_time, pacing_lead_seconds and pacing_max_lag_seconds as vLLM-Omni's)
 server: {"type": "video.start", ...}; per chunk {"type": "video.chunk_metadata", ...} then one
 binary frame of fragmented MP4 (the first carries the init segment too, so the concatenated
 frames are one playable file); finally {"type": "session.done", ...}.
-client may send session.ping (-> session.pong) and session.stop (cancels the generation).
+client may send session.ping (-> session.pong) and session.stop (cancels the generation), and
+session.interaction with event.prompt (-> session.interaction.queued with applies_from_chunk):
+the video follows the new prompt from its next chunk not begun.
 A browser may open it only from the server's own pages or an --allowed-origins origin
 (web_safety.py refuses the handshake otherwise).
 """
@@ -18,13 +22,13 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
 from ...errors import JobNotFoundError
-from ...jobs.status import CANCELLED, ChunkReady, JobStatus
+from ...jobs.status import CANCELLED, ChunkReady, JobStatus, PromptChanged
 from .body import parse_json
 from .errors import ERROR_TABLE, ApiError, api_error, public_message
 from .protocol import VideoCreateRequest
 
 START_TIMEOUT_S = 10.0
-SESSION_FIELDS_IGNORED = {"type", "format", "pace_to_media_time", "pacing_lead_seconds", "pacing_max_lag_seconds"}
+SESSION_FIELDS_IGNORED = {"type", "format"}
 
 
 def install_realtime(app: FastAPI, state) -> None:
@@ -76,6 +80,9 @@ class Session:
             fields = {k: v for k, v in message.items() if k not in SESSION_FIELDS_IGNORED}
             if "width" in fields or "height" in fields:
                 fields["size"] = f"{fields.pop('width', 0)}x{fields.pop('height', 0)}"
+            # A session plays at its fps: real-time, and without num_frames or seconds a live stream
+            # that runs until session.stop (or the server's --max-stream-seconds).
+            fields.setdefault("realtime", True)
             record = await self.state.create_job(VideoCreateRequest.model_validate(fields), {})
         except ValidationError as exc:
             first = exc.errors()[0]
@@ -94,13 +101,15 @@ class Session:
         await self.websocket.send_json({
             "type": "video.start", "request_id": record.id, "format": "m4s",
             "config": {"width": record.width, "height": record.height, "fps": record.fps,
-                       "num_frames": record.num_frames, "total_chunks": record.total_chunks},
+                       "num_frames": record.num_frames, "total_chunks": record.total_chunks,
+                       "live": bool(record.request.get("live"))},
         })
         sent = 0
         try:
-            while isinstance(event := await events.get(), ChunkReady):
-                await self._send_chunk(jobs, record.id, event)
-                sent += 1
+            while isinstance(event := await events.get(), (ChunkReady, PromptChanged)):
+                if isinstance(event, ChunkReady):  # a prompt change was answered by _listen
+                    await self._send_chunk(jobs, record.id, event)
+                    sent += 1
             # vLLM-Omni's session.done names a stopped session "cancelled": our failed job with that code.
             status = CANCELLED if event.error_code == CANCELLED else event.status
             if status is JobStatus.FAILED:
@@ -115,7 +124,10 @@ class Session:
 
     async def _send_chunk(self, jobs, job_id: str, event: ChunkReady) -> None:
         index = event.chunk_index
-        data = jobs.files.segment(job_id, index).read_bytes()
+        try:
+            data = jobs.files.segment(job_id, index).read_bytes()
+        except FileNotFoundError:  # a live stream's segment left its window: this client fell that far behind
+            return
         if index == 0:
             data = jobs.files.init_segment(job_id).read_bytes() + data
         await self.websocket.send_json({"type": "video.chunk_metadata", "generation_chunk_index": index,
@@ -134,10 +146,31 @@ class Session:
                     await jobs.delete(self.job_id)
                     return
                 elif kind == "session.interaction":
-                    await self.websocket.send_json({"type": "error", "code": "interaction_failed",
-                                                    "message": "this model does not take interactions",
-                                                    "event_id": (message.get("interaction") or {}).get("event_id")})
+                    await self.websocket.send_json(await self._interaction(jobs, message))
         except (WebSocketDisconnect, RuntimeError, ApiError):
             with contextlib.suppress(JobNotFoundError):
                 if self.job_id and jobs.live_progress(self.job_id) is not None:
                     await jobs.delete(self.job_id)
+
+    async def _interaction(self, jobs, message: dict) -> dict:
+        """vLLM-Omni's session.interaction: ``event.prompt`` becomes the video's prompt from its
+        next chunk not begun (blended in over ``transition_chunks``). Its fields may also come
+        nested in ``interaction``. Other events (camera, actions) are not taken by this model."""
+        nested = message.get("interaction")
+        fields = {**message, **nested} if isinstance(nested, dict) else message
+        event_id = fields.get("event_id")
+        event = fields.get("event") if isinstance(fields.get("event"), dict) else {}
+        prompt = event.get("prompt", fields.get("prompt"))
+        if prompt is None:
+            given = ", ".join(sorted(str(key) for key in event)) or "nothing"
+            return {"type": "error", "code": "interaction_failed", "event_id": event_id,
+                    "message": f"only prompt interactions are supported (event.prompt); this one gave {given}"}
+        transition = fields.get("transition_chunks", event.get("transition_chunks", 0))
+        try:
+            from_chunk, _ = await jobs.switch_prompt(self.job_id, prompt, transition)
+        except tuple(ERROR_TABLE) as exc:
+            error = api_error(exc)
+            return {"type": "error", "code": "interaction_failed", "event_id": event_id,
+                    "message": public_message(error.message), "param": error.param}
+        return {"type": "session.interaction.queued", "event_id": event_id, "applies_from_chunk": from_chunk,
+                "prompt": prompt, "transition_chunks": transition}

@@ -1,9 +1,11 @@
 """Watching a video while it is made: Server-Sent Events and an HLS live playlist.
 
 SSE (GET /v1/videos/{id}/events): ``progress`` events as the engine steps, ``chunk`` events as
-chunks are written, then ``completed`` or ``failed``. HLS (GET /v1/videos/{id}/stream.m3u8):
+chunks are written, ``prompt`` events when the prompt changes
+(POST /v1/videos/{id}/prompt), then ``completed`` or ``failed``. HLS (GET /v1/videos/{id}/stream.m3u8):
 an EVENT playlist of fMP4 segments, one per chunk, that grows as chunks arrive and ends with
-#EXT-X-ENDLIST; any HLS player can play the video while it is generated.
+#EXT-X-ENDLIST; any HLS player can play the video while it is generated. A live stream's
+playlist is a sliding window of its last LIVE_PLAYLIST_SEGMENTS segments (older ones are deleted).
 
 A player fetches the playlist's segments without our headers, so on a server with an API key
 each segment URI carries a short-lived token signed for that video (``StreamTokens``), never
@@ -27,7 +29,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from ...errors import JobConflictError
-from ...jobs.status import ChunkReady, JobStatus
+from ...jobs.status import ChunkReady, JobStatus, PromptChanged
+from ...jobs.sink import LIVE_PLAYLIST_SEGMENTS
 from ...model_executor.step_io import chunk_frame_counts
 from .errors import ApiError, public_message
 from .protocol import video_object
@@ -111,7 +114,8 @@ def install_streaming(app: FastAPI, state, auth) -> None:
         if record.status is JobStatus.FAILED:
             raise JobConflictError(f"video {video_id} failed: {record.error_message}", "video_failed")
         text = hls_playlist(record.chunks_completed, record.num_frames, record.fps,
-                            record.status is JobStatus.COMPLETED, token_query(video_id)[0])
+                            record.status is JobStatus.COMPLETED, token_query(video_id)[0],
+                            window=LIVE_PLAYLIST_SEGMENTS if _sliding(record) else None)
         return Response(text, media_type="application/vnd.apple.mpegurl", headers={"Cache-Control": "no-cache"})
 
     @app.get("/v1/videos/{video_id}/stream/{name}", dependencies=stream_auth)
@@ -130,24 +134,34 @@ def install_streaming(app: FastAPI, state, auth) -> None:
         return Response(data, media_type="video/mp4" if name.endswith(".mp4") else "video/iso.segment")
 
 
+def _sliding(record) -> bool:
+    """A live stream that keeps only its last segments (one with ``keep`` keeps them all)."""
+    return bool(record.request.get("live")) and not record.request.get("keep")
+
+
 PLAYLIST_QUERY = re.compile(r"(\?[\w.~%=&-]*)?", re.ASCII)
 """What may follow a URI in the playlist: a URL-encoded query (no quote, no line break)."""
 
 
-def hls_playlist(chunks_done: int, num_frames: int, fps: int, complete: bool, query: str = "") -> str:
+def hls_playlist(chunks_done: int, num_frames: int, fps: int, complete: bool, query: str = "",
+                 window: int | None = None) -> str:
+    """The video's playlist: an EVENT playlist of every segment so far, or with ``window`` (a
+    live stream) a sliding live playlist of the last ``window`` segments, whose media sequence
+    number is its first segment's index."""
     if not PLAYLIST_QUERY.fullmatch(query):  # it would end the URI, or the line, and add playlist lines
         raise ValueError(f"not a URL-encoded query: {query!r}")
     counts = chunk_frame_counts(num_frames)
+    first = 0 if window is None else max(0, chunks_done - window)
     lines = [
         "#EXTM3U",
         "#EXT-X-VERSION:7",
         f"#EXT-X-TARGETDURATION:{math.ceil(max(counts) / fps)}",
-        "#EXT-X-MEDIA-SEQUENCE:0",
-        "#EXT-X-PLAYLIST-TYPE:EVENT",
+        f"#EXT-X-MEDIA-SEQUENCE:{first}",
+        *(["#EXT-X-PLAYLIST-TYPE:EVENT"] if window is None else []),
         "#EXT-X-INDEPENDENT-SEGMENTS",
         f'#EXT-X-MAP:URI="stream/init.mp4{query}"',
     ]
-    for index in range(chunks_done):
+    for index in range(first, chunks_done):
         lines += [f"#EXTINF:{counts[index] / fps:.3f},", f"stream/seg_{index:05d}.m4s{query}"]
     if complete:
         lines.append("#EXT-X-ENDLIST")
@@ -162,7 +176,9 @@ async def _event_stream(jobs, video_id: str):
     queue = jobs.subscribe(video_id)
     try:
         record = jobs.get(video_id)
-        for index in range(record.chunks_completed):  # a late subscriber first hears the chunks so far
+        # A late subscriber first hears the chunks so far (a live stream's: those of its playlist).
+        window = LIVE_PLAYLIST_SEGMENTS if _sliding(record) else record.chunks_completed
+        for index in range(max(0, record.chunks_completed - window), record.chunks_completed):
             yield _sse("chunk", {"chunk_index": index, "total_chunks": record.total_chunks})
         if record.status.is_final:
             yield _final(video_object(jobs, record))
@@ -182,6 +198,10 @@ async def _event_stream(jobs, video_id: str):
             if isinstance(event, ChunkReady):
                 yield _sse("chunk", {"chunk_index": event.chunk_index, "num_frames": event.num_frames,
                                      "total_chunks": event.total_chunks})
+                continue
+            if isinstance(event, PromptChanged):
+                yield _sse("prompt", {"from_chunk": event.from_chunk, "prompt": event.prompt,
+                                      "transition_chunks": event.transition_chunks})
                 continue
             record = jobs.store.get(video_id)
             if record is None:  # deleted
