@@ -166,8 +166,13 @@ def test_a_finished_video_is_extended_from_the_recent_list(browser, server):
     original = httpx.get(f"{server.api}/videos?limit=1").json()["data"][0]
     page.page.fill("#prompt", "the boat reaches the sea")
     page.page.click("#jobs li:has-text('a paper boat') button.extend")
-    page.page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
-    extended = httpx.get(f"{server.api}/videos?limit=1").json()["data"][0]
+    deadline = time.monotonic() + 30
+    while (extended := httpx.get(f"{server.api}/videos?limit=1").json()["data"][0])["id"] == original["id"]:
+        assert time.monotonic() < deadline, "no extension was created"
+        time.sleep(0.1)
+    # Done with the extension: its download link is offered.
+    page.page.wait_for_function(f"document.getElementById('download-link').href.includes('{extended['id']}')")
+    extended = httpx.get(f"{server.api}/videos/{extended['id']}").json()
     assert extended["id"] != original["id"] and extended["total_chunks"] == 4
     assert [entry["prompt"] for entry in extended["prompt_schedule"]] == ["a paper boat", "the boat reaches the sea"]
     assert page.buffered_end() == pytest.approx(extended["num_frames"] / 24, abs=0.1)  # the whole video plays
