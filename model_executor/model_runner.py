@@ -128,7 +128,7 @@ class ModelRunner:
         if (spec.image is not None or spec.video is not None) and self.vae is None:
             raise ValueError(f"{self.config.model} has no VAE to encode an image or video input")
         generator = torch.Generator(device="cpu").manual_seed(spec.seed)
-        embeddings = {prompt: self.encode_prompt(prompt) for prompt in spec.prompts}
+        embeddings = {prompt: self.encode_prompt(prompt) for prompt in spec.prompts_from(spec.start_chunk)}
         negative = self.text_encoder.encode(spec.negative_prompt).to(self.device, self.dtype) if spec.use_cfg else None
         if spec.resume_path:
             snapshot = load_snapshot(spec.resume_path)
@@ -150,12 +150,14 @@ class ModelRunner:
 
     def switch_prompts(self, request_id: str, spec: RequestSpec) -> None:
         """The request's prompt schedule is now ``spec``'s (a prompt changed while it runs):
-        its new prompts are encoded; chunks already begun keep their text."""
+        its new prompts are encoded, and those no chunk to come uses are let go (chunks already
+        begun keep their text)."""
         state = self.requests[request_id]
-        for prompt in spec.prompts:
-            if prompt not in state.prompt_embeddings:
-                state.prompt_embeddings[prompt] = self.encode_prompt(prompt)
         state.spec = replace(state.spec, prompt_switches=spec.prompt_switches)
+        needed = state.spec.prompts_from(state.chunk_index)
+        kept = {prompt: state.prompt_embeddings.get(prompt) for prompt in needed}
+        state.prompt_embeddings = {prompt: self.encode_prompt(prompt) if embeddings is None else embeddings
+                                   for prompt, embeddings in kept.items()}
 
     def remove_request(self, request_id: str) -> None:
         self.requests.pop(request_id, None)

@@ -29,7 +29,8 @@ class PromptSwitch:
     """From chunk ``from_chunk`` on, the video follows ``prompt``. With ``transition_chunks`` t > 0
     the text embedding moves there linearly: chunk from_chunk + i (i < t) uses the blend
     (1 - w) * before + w * new with w = (i + 1) / (t + 1), where ``before`` is what chunk
-    from_chunk - 1 used; from chunk from_chunk + t on, the new prompt alone."""
+    from_chunk - 1 used; from chunk from_chunk + t on, the new prompt alone. A blend holds at
+    most MAX_BLEND_PROMPTS prompts (the smallest weights are dropped, the rest rescaled)."""
 
     from_chunk: int
     prompt: str
@@ -37,6 +38,8 @@ class PromptSwitch:
 
 
 PromptMix = tuple[tuple[str, float], ...]
+MAX_BLEND_PROMPTS = 4
+"""The most prompts one chunk's text blends (see prompt_mix)."""
 """A chunk's text conditioning: (prompt, weight) pairs, weights summing to 1."""
 
 
@@ -57,6 +60,13 @@ def prompt_mix(prompt: str, switches: tuple[PromptSwitch, ...], chunk_index: int
     for name, share in before:
         mixed[name] = mixed.get(name, 0.0) + share * (1 - weight)
     mixed[switch.prompt] = mixed.get(switch.prompt, 0.0) + weight
+    if len(mixed) > MAX_BLEND_PROMPTS:
+        # Prompts switched during transitions, again and again, would each stay in the blend
+        # with ever smaller weights: the largest are kept (rescaled to sum to 1), so a chunk's
+        # text costs a bounded blend and a live stream holds a bounded set of embeddings.
+        largest = sorted(mixed.items(), key=lambda item: -item[1])[:MAX_BLEND_PROMPTS]
+        total = sum(share for _, share in largest)
+        return tuple((name, share / total) for name, share in largest)
     return tuple(mixed.items())
 
 
@@ -160,8 +170,17 @@ class RequestSpec:
 
     @property
     def prompts(self) -> tuple[str, ...]:
-        """Every prompt the video's chunks are conditioned on (the negative prompt aside)."""
+        """Every prompt of the video's schedule (the negative prompt aside)."""
         return tuple(dict.fromkeys([self.prompt, *(s.prompt for s in self.prompt_switches)]))
+
+    def prompts_from(self, chunk_index: int) -> tuple[str, ...]:
+        """The prompts chunks from ``chunk_index`` on are conditioned on: what a running request
+        keeps encoded (a live stream whose prompt changes for hours holds only these)."""
+        settled = max((s.from_chunk + s.transition_chunks for s in self.prompt_switches), default=0)
+        used: dict[str, None] = {}
+        for chunk in range(chunk_index, max(chunk_index, settled) + 1):
+            used.update(dict.fromkeys(name for name, _ in self.prompt_mix(chunk)))
+        return tuple(used)
 
     def with_prompt_from(self, from_chunk: int, prompt: str, transition_chunks: int = 0) -> "RequestSpec":
         """This spec with ``prompt`` taking over at ``from_chunk``; switches planned from then on are dropped."""

@@ -13,7 +13,7 @@ import pytest
 
 from helios_serve import HeliosEngine, VideoSamplingParams
 from helios_serve.errors import InvalidRequestError
-from helios_serve.model_executor.step_io import PromptSwitch, RequestSpec, prompt_mix
+from helios_serve.model_executor.step_io import MAX_BLEND_PROMPTS, PromptSwitch, RequestSpec, prompt_mix
 
 SMALL = dict(height=64, width=64)
 
@@ -50,6 +50,24 @@ def test_with_prompt_from_drops_the_switches_planned_from_then_on():
     changed = spec.with_prompt_from(4, "d", 1)
     assert changed.prompt_switches == (PromptSwitch(2, "b"), PromptSwitch(4, "d", 1))
     assert changed.prompts == ("a", "b", "d")
+
+
+def test_a_prompt_changed_during_transitions_again_and_again_blends_a_bounded_set():
+    switches = tuple(PromptSwitch(k, f"p{k}", 3) for k in range(1, 40))  # each during the last one's transition
+    for chunk in (10, 39, 41):
+        mix = prompt_mix("p0", switches, chunk)
+        assert len(mix) <= MAX_BLEND_PROMPTS and abs(sum(w for _, w in mix) - 1) < 1e-12
+    mix = dict(prompt_mix("p0", switches, 39))
+    assert max(mix, key=mix.get) == "p39" and "p0" not in mix  # the newest weighs most, the oldest went
+    assert prompt_mix("p0", switches, 42) == (("p39", 1.0),)
+
+
+def test_the_prompts_still_needed_are_those_of_the_chunks_to_come():
+    spec = RequestSpec("a", "", 330, 64, 64, 0, 1.0, (1, 1, 1),
+                       prompt_switches=(PromptSwitch(2, "b"), PromptSwitch(5, "c", 2)))
+    assert spec.prompts_from(0) == ("a", "b", "c")
+    assert spec.prompts_from(5) == ("b", "c")  # chunks 5 and 6 blend b into c
+    assert spec.prompts_from(7) == spec.prompts_from(9) == ("c",)
 
 
 def test_the_schedule_is_checked_against_the_prompt_and_the_chunks():
@@ -137,6 +155,25 @@ def test_a_transition_changes_the_video_only_from_its_chunk_on():
     before = chunks_of(HeliosEngine(), {"p": ("a lake", plain)})["p"]
     after = chunks_of(HeliosEngine(), {"b": ("a lake", blended)})["b"]
     assert [np.array_equal(x, y) for x, y in zip(before, after)] == [True, True, False, False]
+
+
+def test_a_request_whose_prompt_keeps_changing_holds_only_the_embeddings_it_still_needs():
+    """Memory stays bounded however often a live stream's prompt changes: the runner lets go
+    of prompts no chunk to come uses."""
+    engine, held = HeliosEngine(), []
+
+    def switch_every_chunk(core, chunk):
+        if chunk.chunk_index + 2 < 12:
+            engine.core.executor.prepare_prompt(f"scene {chunk.chunk_index}")
+            core.switch_prompt("changing", f"scene {chunk.chunk_index}", 1)
+        if chunk.chunk_index + 1 < 12:  # the runner lets the request go after its last chunk
+            held.append(len(engine.core.executor.runner.requests["changing"].prompt_embeddings))
+
+    params = VideoSamplingParams(num_frames=12 * 33, seed=5, **SMALL)
+    chunks_of(engine, {"changing": ("scene start", params)}, switch_every_chunk)
+    # Each switch comes during the last one's transition: the blend of the most recent prompts
+    # (at most MAX_BLEND_PROMPTS), plus the one just queued.
+    assert len(held) == 11 and max(held) <= MAX_BLEND_PROMPTS + 1 < 11, held  # not one per switch
 
 
 def test_a_switch_while_running_equals_the_schedule_from_the_start():
@@ -249,6 +286,24 @@ def test_a_switch_when_every_chunk_has_begun_is_a_conflict(server):
             assert answer.json()["from_chunk"] == 0
         else:
             assert answer.json()["error"]["code"] in ("no_chunk_left", "video_not_running")
+
+
+def test_a_video_records_a_bounded_number_of_prompts(server):
+    """The 256th recorded prompt is the last: the job's row stays bounded however long it runs."""
+    import sqlite3
+
+    from helios_serve.sampling_params import MAX_SCHEDULE_ENTRIES
+
+    job = httpx.post(f"{server.api}/videos", json={"prompt": "a long road", "size": "128x64",
+                                                    "num_frames": 33 * 400}).json()
+    full = [{"from_chunk": k, "prompt": f"mile {k}", "transition_chunks": 0} for k in range(MAX_SCHEDULE_ENTRIES)]
+    with sqlite3.connect(server.data_dir / "jobs.sqlite3") as store:  # as if it had changed 255 times already
+        (settings,) = store.execute("SELECT request_json FROM videos WHERE id = ?", (job["id"],)).fetchone()
+        store.execute("UPDATE videos SET request_json = ? WHERE id = ?",
+                      (json.dumps({**json.loads(settings), "prompt_schedule": full}), job["id"]))
+    refused = httpx.post(f"{server.api}/videos/{job['id']}/prompt", json={"prompt": "one more"})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "too_many_prompt_changes", refused.text
+    assert httpx.delete(f"{server.api}/videos/{job['id']}").status_code == 200
 
 
 def test_realtime_session_interaction_changes_the_prompt(server):

@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..model_executor.step_io import RequestSpec
 from ..request import Pacing, RequestStatus
-from ..sampling_params import MAX_FRAMES, MAX_PROMPT_CHARS, VideoSamplingParams
+from ..sampling_params import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SCHEDULE_ENTRIES, VideoSamplingParams
 from ..video_io import read_image_bytes, read_video_tail
 from .extend import extend_job, finish_stored
 from .sink import LIVE_KEPT_SEGMENTS, ChunkSink
@@ -282,6 +282,9 @@ class JobManager:
         if record.status not in ACTIVE_STATUSES or job_id not in self._handles:
             raise JobConflictError(f"video {job_id} is {record.status}; its prompt can no longer change",
                                    "video_not_running")
+        if len(record.request.get("prompt_schedule") or ()) >= MAX_SCHEDULE_ENTRIES:  # its row stays bounded
+            raise JobConflictError(f"video {job_id} has changed its prompt {MAX_SCHEDULE_ENTRIES - 1} times, the most "
+                                   "a video records; start a new one", "too_many_prompt_changes")
         try:
             from_chunk = await self.engine.switch_prompt(job_id, prompt, transition_chunks)
         except KeyError:
