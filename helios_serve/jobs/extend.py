@@ -56,12 +56,7 @@ async def extend_job(jobs, video_id: str, num_frames: int | None = None, seconds
         num_frames=spec.output_frames, fps=original.fps, total_chunks=spec.num_chunks,
         chunks_completed=spec.start_chunk, owner=jobs.owner,
     )
-    try:
-        jobs._write(jobs.store.insert, record)
-        jobs._submit(record, spec)
-    except Exception:
-        jobs._forget(job_id)
-        raise
+    jobs._start(record, spec)
     logger.info("%s extends %s from chunk %d to %d chunks", job_id, video_id, spec.start_chunk, spec.num_chunks)
     return record
 

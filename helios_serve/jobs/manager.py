@@ -95,15 +95,19 @@ class JobManager:
             request=settings, width=spec.width, height=spec.height, num_frames=spec.output_frames,
             fps=params.fps or self.engine.variant.default_fps, total_chunks=spec.num_chunks, owner=self.owner,
         )
-        # The row first: a job the engine has always has a row (a restart resumes it), and a
-        # create that fails at any point leaves neither a row nor files nor engine work behind.
+        self._start(record, spec)
+        return record
+
+    def _start(self, record: JobRecord, spec: RequestSpec) -> None:
+        """Record a new job, then hand it to the engine. The row first: a job the engine has always
+        has a row (a restart resumes it), and a create that fails at any point leaves neither a row
+        nor files nor engine work behind."""
         try:
             self._write(self.store.insert, record)
             self._submit(record, spec)
         except Exception:
-            self._forget(job_id)
+            self._forget(record.id)
             raise
-        return record
 
     def _check_free_space(self) -> None:
         if (low := self._low_disk()) is not None:
