@@ -47,31 +47,104 @@ def forward_tokens(config: HeliosTransformerConfig, height: int, width: int, num
 
 def transformer_flops(config: HeliosTransformerConfig, tokens: dict[str, int], text_tokens: int = TEXT_TOKENS) -> dict:
     """FLOPs of one transformer forward of ONE row (a CFG pair is two rows), by part."""
-    d, ffn, layers = config.inner_dim, config.ffn_dim, config.num_layers
     seq, noisy = tokens["total"], tokens["noisy"]
-    patch_volume = math.prod(config.patch_size)
-    channels = config.in_channels
-    # Each history term's kernel is 1x, 2x, 4x the patch in every dimension.
-    embed = 2 * d * channels * patch_volume * (
-        noisy + tokens["short"] + tokens["mid"] * 2**3 + tokens["long"] * 4**3
-    )
-    # The time MLP runs for the row's timestep; the history's timestep-0 conditioning is
-    # computed once per forward, not per row, and is too small to matter (< 1e-6 of a forward).
-    time = 2 * (config.freq_dim * d + d * d + d * 6 * d)
-    text = 2 * text_tokens * (config.text_dim * d + d * d)
+    attention = 4 * seq * seq * config.inner_dim
+    return _forward_flops(config, tokens, seq, noisy, attention, text_tokens)
+
+
+def _forward_flops(config: HeliosTransformerConfig, tokens: dict[str, int], seq: int, noisy: int, attention: int,
+                   text_tokens: int) -> dict:
+    """One row's FLOPs by part, where the token-wise work runs on ``seq`` tokens (``noisy`` of them
+    noisy) and the self-attention core costs ``attention`` per layer: the whole forward on one
+    GPU, or one rank's share of it under sequence parallelism."""
+    d, ffn, layers = config.inner_dim, config.ffn_dim, config.num_layers
     cross_tokens = noisy if config.guidance_cross_attn else seq
     per_layer = {
         "self_attention_projections": 2 * seq * d * 4 * d,
-        "self_attention": 4 * seq * seq * d,
+        "self_attention": attention,
         # q and o on the noisy tokens, k and v on the text, then the scores and the weighted sum.
         "cross_attention": 4 * cross_tokens * d * d + 4 * text_tokens * d * d + 4 * cross_tokens * text_tokens * d,
         "ffn": 2 * seq * d * 2 * ffn,
     }
     parts = {name: layers * flops for name, flops in per_layer.items()}
-    parts["embeddings"] = embed + time + text
-    parts["head"] = 2 * noisy * d * config.out_channels * patch_volume
+    parts["embeddings"] = _embedding_flops(config, tokens, text_tokens)
+    parts["head"] = 2 * noisy * d * config.out_channels * math.prod(config.patch_size)
     parts["total"] = sum(parts.values())
     return parts
+
+
+def _embedding_flops(config: HeliosTransformerConfig, tokens: dict[str, int], text_tokens: int) -> int:
+    """Patch embeddings of every term, the time MLP and the text projection of one row."""
+    d = config.inner_dim
+    # Each history term's kernel is 1x, 2x, 4x the patch in every dimension.
+    embed = 2 * d * config.in_channels * math.prod(config.patch_size) * (
+        tokens["noisy"] + tokens["short"] + tokens["mid"] * 2**3 + tokens["long"] * 4**3
+    )
+    # The time MLP runs for the row's timestep; the history's timestep-0 conditioning is
+    # computed once per forward, not per row, and is too small to matter (< 1e-6 of a forward).
+    time = 2 * (config.freq_dim * d + d * d + d * 6 * d)
+    text = 2 * text_tokens * (config.text_dim * d + d * d)
+    return embed + time + text
+
+
+# -- sequence parallelism (Ulysses) -----------------------------------------------------------------
+SEQUENCE_TERMS = ("long", "mid", "short", "noisy")
+"""The terms each rank holds a share of: every term is split on its own (vLLM-Omni's
+``_sp_split_seq``), so every rank gets history and noisy tokens alike."""
+
+
+def _check_world_size(config: HeliosTransformerConfig, world_size: int) -> None:
+    # Ulysses trades the sequence split for a head split inside attention: heads must divide evenly.
+    if world_size < 1 or config.num_attention_heads % world_size:
+        raise ValueError(f"a sequence-parallel size must divide the {config.num_attention_heads} attention heads, "
+                         f"got {world_size}")
+
+
+def sequence_parallel_local_tokens(tokens: dict[str, int], world_size: int) -> dict[str, int]:
+    """Tokens of each term on one rank: ceil(n / P), the last rank's share padded up to it."""
+    return {term: -(-tokens[term] // world_size) for term in SEQUENCE_TERMS}
+
+
+def sequence_parallel_traffic(config: HeliosTransformerConfig, tokens: dict[str, int], world_size: int,
+                              rows: int = 1, element_bytes: int = 2) -> dict[str, int]:
+    """Bytes ONE rank sends to the other ranks in one forward of ``rows`` rows under Ulysses
+    sequence parallelism over ``world_size`` ranks, and the collective calls it makes.
+
+    Per layer, one all-to-all of q, k and v stacked (3 x rows x n_local x D) turns the token split
+    into a head split, and one of the attention output (rows x n_local x D) turns it back; each
+    rank keeps 1/P of its input and sends the rest. After the head the noisy tokens' output
+    (rows x local(noisy) x out_dim) is all-gathered: each rank sends its share to P - 1 others.
+    ``tokens`` is a ``forward_token_counts`` dict; padding counts, as it is sent.
+    """
+    _check_world_size(config, world_size)
+    local = sequence_parallel_local_tokens(tokens, world_size)
+    n_local = sum(local.values())
+    if world_size == 1:
+        return {"all_to_all": 0, "all_gather": 0, "collectives": 0, "local_tokens": n_local}
+    P, D = world_size, config.inner_dim
+    out_dim = config.out_channels * math.prod(config.patch_size)
+    return {
+        "all_to_all": config.num_layers * 4 * rows * n_local * D * element_bytes * (P - 1) // P,
+        "all_gather": rows * local["noisy"] * out_dim * element_bytes * (P - 1),
+        "collectives": 2 * config.num_layers + 1,
+        "local_tokens": n_local,
+    }
+
+
+def sequence_parallel_flops(config: HeliosTransformerConfig, tokens: dict[str, int], world_size: int,
+                            text_tokens: int = TEXT_TOKENS) -> dict:
+    """FLOPs ONE rank computes in a forward of one row under Ulysses sequence parallelism, by part
+    (the parts of ``transformer_flops``, which it equals at ``world_size`` 1).
+
+    Token-wise work (projections, FFN, cross-attention, head) runs on the rank's padded share of
+    each term; the self-attention core on all S real tokens (padding is dropped before attention)
+    for 1/P of the heads; the embeddings, time MLP and text projection are replicated.
+    """
+    _check_world_size(config, world_size)
+    local = sequence_parallel_local_tokens(tokens, world_size)
+    seq = tokens["total"]
+    attention = 4 * seq * seq * (config.inner_dim // world_size)
+    return _forward_flops(config, tokens, sum(local.values()), local["noisy"], attention, text_tokens)
 
 
 def text_context_flops(config: HeliosTransformerConfig, text_tokens: int = TEXT_TOKENS) -> int:

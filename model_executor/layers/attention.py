@@ -39,13 +39,16 @@ class SelfAttention(nn.Module):
             num_scales = num_heads if history_scale_mode == "per_head" else 1
             self.history_key_scale = nn.Parameter(torch.ones(num_scales))
 
-    def forward(self, x: torch.Tensor, rotary: RotaryTable, num_history: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rotary: RotaryTable, num_history: int, shards=None) -> torch.Tensor:
+        """``shards`` (sequence_parallel.TokenShards): x holds this rank's tokens, the attention
+        runs over every rank's; None: x holds them all."""
         q, k, v = self.to_qkv(x).chunk(3, dim=-1)
         q, k = self.ops.qk_norm_rope(q, k, self.norm_q, self.norm_k, rotary, self.num_heads)
         v = v.unflatten(-1, (self.num_heads, -1))
         if self.history_key_scale is not None and num_history > 0:
             k = self._amplify_history_keys(k, num_history)
-        return self.to_out(self.attend(q, k, v).type_as(q))
+        out = self.attend(q, k, v) if shards is None else shards.attend(self.attend, q, k, v)
+        return self.to_out(out.type_as(q))
 
     def _amplify_history_keys(self, k: torch.Tensor, num_history: int) -> torch.Tensor:
         # Gain in (1, MAX): history keys get sharper attention logits, per head.

@@ -25,6 +25,7 @@ from ..layers.norm import AffineLayerNorm, SegmentParams
 from ..layers.ops import make_ops
 from ..layers.patch_embed import PatchEmbed
 from ..layers.rotary import RotaryTable, pad_replicate, rotary_table
+from ..sequence_parallel import SequenceParallel, TokenShards
 
 # Multiples of the noisy patch used by the short / mid / long history tokenisers.
 HISTORY_TERM_SCALES = {"short": 1, "mid": 2, "long": 4}
@@ -85,6 +86,7 @@ class HeliosBlock(nn.Module):
         modulation: SegmentParams,
         rotary: RotaryTable,
         num_history: int,
+        shards: TokenShards | None = None,
     ) -> torch.Tensor:
         # modulation: per segment [B|1, 6, D] fp32 (converted once per forward, not per block).
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ops.block_modulation(
@@ -93,7 +95,7 @@ class HeliosBlock(nn.Module):
 
         # 1. Self-attention over history and noisy tokens
         x = self.ops.modulated_layer_norm(h, shift1, scale1, num_history, self.eps)
-        h = self.ops.gated_residual(h, self.self_attn(x, rotary, num_history), gate1, num_history)
+        h = self.ops.gated_residual(h, self.self_attn(x, rotary, num_history, shards), gate1, num_history)
 
         # 2. Cross-attention to the text; only the noisy tokens when guidance_cross_attn. The
         # residual is added in place: h is this block's own fresh tensor, nothing else reads it.
@@ -126,6 +128,15 @@ class HeliosTransformer(nn.Module):
         self.output_scale_shift_table = nn.Parameter(torch.empty(1, 2, dim))
         self.proj_out = Linear(dim, config.out_channels * math.prod(patch), invariant)
         self.use_attention(attention)
+        self.sequence_parallel: SequenceParallel | None = None
+
+    def use_sequence_parallel(self, group: SequenceParallel | None) -> None:
+        """Split every forward's tokens over ``group``'s ranks (None: one rank holds them all). Set
+        by the runner from config; every rank holds the whole model and runs the same forwards."""
+        if group is not None and self.config.num_attention_heads % group.size:
+            raise ValueError(f"sequence_parallel_size {group.size} must divide the model's "
+                             f"{self.config.num_attention_heads} attention heads")
+        self.sequence_parallel = group
 
     def use_attention(self, backend: str) -> None:
         """Run every attention (self and cross) with ``backend``'s kernel (a resolved backend of
@@ -223,12 +234,16 @@ class HeliosTransformer(nn.Module):
                    "long": indices_latents_history_long}
         noisy = self._embed_noisy(hidden_states.to(dtype))
         history = self._embed_history(latents, indices, dtype)
-        h = torch.cat([term.tokens.expand(batch, -1, -1) for term in history + [noisy]], dim=1).contiguous()
+        terms = [term.tokens.expand(batch, -1, -1) for term in history + [noisy]]
+        shards = self._shards([term.shape[1] for term in terms], hidden_states.device)
+        if shards is not None:  # this rank's share of every term
+            terms = [shards.share(term) for term in terms]
+        h = torch.cat(terms, dim=1).contiguous()
         if rotary is None:
             history_sizes = {term: tuple(x.shape[2:]) for term, x in latents.items() if x is not None}
             rotary = self.sequence_rotary_table(tuple(hidden_states.shape[2:]), indices_hidden_states, history_sizes,
                                                 indices, hidden_states.device)
-        num_history = h.shape[1] - noisy.tokens.shape[1]
+        num_history = h.shape[1] - terms[-1].shape[1]
 
         noisy_time = self.time_embedding(timestep, dtype)
         history_time = noisy_time
@@ -242,8 +257,17 @@ class HeliosTransformer(nn.Module):
             text_kv = (block.cross_attn.text_kv(text) for block in self.blocks)
 
         for block, kv in zip(self.blocks, text_kv):
-            h = block(h, kv, modulation, rotary, num_history)
-        return self._output(h[:, num_history:], noisy_time.temb, hidden_states.shape)
+            h = block(h, kv, modulation, rotary, num_history, shards)
+        out = self._head(h[:, num_history:], noisy_time.temb)
+        if shards is not None:  # every rank's noisy tokens, for the sampler
+            out = shards.gather(out, noisy.tokens.shape[1])
+        return self._unpatchify(out, hidden_states.shape)
+
+    def _shards(self, term_counts: list[int], device: torch.device) -> TokenShards | None:
+        """The split of a forward whose terms have these token counts; None on one rank."""
+        if self.sequence_parallel is None:
+            return None
+        return self.sequence_parallel.shards(tuple(term_counts), device)
 
     def text_context(self, encoder_hidden_states: torch.Tensor) -> TextContext:
         """Every block's cross-attention keys and values for text embeddings [B, L, text_dim]."""
@@ -280,8 +304,11 @@ class HeliosTransformer(nn.Module):
             noisy_indices = torch.arange(frames, device=device)[None]
         tables = [self._history_rotary(term, history_sizes[term], history_indices[term])
                   for term in ("long", "mid", "short") if term in history_sizes]
-        noisy = rotary_table(noisy_indices, height, width, self.config.rope_dim, self.config.rope_theta)
-        return RotaryTable.cat(tables + [noisy])
+        tables.append(rotary_table(noisy_indices, height, width, self.config.rope_dim, self.config.rope_theta))
+        shards = self._shards([table.cos.shape[1] for table in tables], device)
+        if shards is not None:  # the rows of this rank's tokens
+            tables = [RotaryTable(shards.share(table.cos), shards.share(table.sin)) for table in tables]
+        return RotaryTable.cat(tables)
 
     def _history_rotary(self, term: str, size: tuple[int, int, int], frame_indices: torch.Tensor) -> RotaryTable:
         """The table of one history term of latent size (t, H, W)."""
@@ -311,12 +338,14 @@ class HeliosTransformer(nn.Module):
             terms.append(TokenTerm(tokens))
         return terms
 
-    def _output(self, h: torch.Tensor, temb: torch.Tensor, noisy_shape: torch.Size) -> torch.Tensor:
+    def _head(self, h: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        """Noisy tokens [B, n, D] -> their patches [B, n, C * patch volume]."""
         # The output norm is modulated by temb (not the six-way modulation).
         shift, scale = (self.output_scale_shift_table + temb.unsqueeze(1)).unbind(1)
         shift, scale = SegmentParams(shift[:, None], shift[:, None]), SegmentParams(scale[:, None], scale[:, None])
-        y = self.ops.modulated_layer_norm(h, shift, scale, 0, self.config.eps)
-        y = self.proj_out(y)
+        return self.proj_out(self.ops.modulated_layer_norm(h, shift, scale, 0, self.config.eps))
+
+    def _unpatchify(self, y: torch.Tensor, noisy_shape: torch.Size) -> torch.Tensor:
         batch, _, frames, height, width = noisy_shape
         patch = self.config.patch_size
         grid = [size // p for size, p in zip((frames, height, width), patch)]
