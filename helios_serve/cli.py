@@ -99,6 +99,14 @@ def _add_estimate_parser(subparsers) -> None:
     parser.add_argument("--height", type=int, default=384, help="video height in pixels")
     parser.add_argument("--width", type=int, default=640, help="video width in pixels")
     parser.add_argument("--fps", type=float, default=24.0, help="playback frame rate of a real-time stream")
+    parser.add_argument("--sequence-parallel-size", type=int, default=1, metavar="N",
+                        help="DiT GPUs per stream group, splitting every forward's tokens across them (Ulysses "
+                             "sequence parallelism); must divide the attention heads (1, 2, 4, 5 or 8 for the 14B "
+                             "model). A prediction: the all-to-all rate and latency are assumed, not measured")
+    parser.add_argument("--vae-gpu", action="store_true",
+                        help="one more GPU per stream group runs the VAE decode and the text encoder, so a chunk "
+                             "decodes while the next one denoises (the chunk takes the longer of the two, not "
+                             "their sum)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     parser.set_defaults(handler=_run_estimate)
 

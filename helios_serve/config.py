@@ -60,6 +60,11 @@ class EngineConfig:
               "everything else runs for real; the model is a released name or a checkpoint directory (its recipe)",
         choices=tuple(ACCELERATORS))
     simulate_mfu: float = setting(0.5, "--simulate: the share of the GPU's bf16 peak the transformer reaches")
+    sequence_parallel_size: int = setting(
+        1, "ranks that split every forward's tokens (Ulysses sequence parallelism): one stream runs that many "
+           "times the GPUs for a faster chunk. The server starts the other ranks itself, on the GPUs after the "
+           "model's device (cuda:0 with 2 ranks uses cuda:0 and cuda:1); it must divide the attention heads (40 "
+           "for the released models: 2, 4, 5 or 8)")
     request_timeout_s: float | None = setting(None, "per-request time limit in seconds (default: none)",
                                               flag="--request-timeout")
     priority_aging_s: float = setting(
@@ -72,7 +77,7 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        for name in ("max_waiting_requests", "max_encodes_per_step", "max_decodes_per_step"):
+        for name in ("max_waiting_requests", "max_encodes_per_step", "max_decodes_per_step", "sequence_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_decodes_in_flight is not None and self.max_decodes_in_flight < 0:

@@ -59,3 +59,8 @@ class JobConflictError(Exception):
     def __init__(self, message: str, code: str):
         super().__init__(message)
         self.code = code
+
+
+class EngineDeadError(EngineError):
+    """The engine cannot run any more (a rank of its sequence-parallel group died): every
+    request it held failed with this message, and new ones are refused until it is restarted."""

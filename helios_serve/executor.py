@@ -6,14 +6,21 @@ from .model_executor.step_io import RunnerConfig, StepPlan, StepResult
 
 
 def build_executor(runner_config: RunnerConfig, engine_config):
-    """The ModelRunner in this process, or with ``engine_config.simulate`` a simulated GPU."""
+    """The ModelRunner in this process, a sequence-parallel group of them (rank 0 here), or with
+    ``engine_config.simulate`` a simulated GPU."""
     in_flight = engine_config.max_decodes_in_flight
     decode_in_background = None if in_flight is None else in_flight > 0
     if engine_config.simulate:
+        if engine_config.sequence_parallel_size > 1:
+            raise ValueError("simulate models one GPU per engine; for sequence parallelism see `helios-serve estimate`")
         from .simulated_executor import SimulatedExecutor
 
         return SimulatedExecutor(runner_config.model, engine_config.simulate, engine_config.simulate_mfu,
                                  runner_config.vae_dtype, decode_in_background)
+    if engine_config.sequence_parallel_size > 1:
+        from .parallel_executor import SequenceParallelExecutor
+
+        return SequenceParallelExecutor(runner_config, engine_config.sequence_parallel_size, decode_in_background)
     return UniprocExecutor(runner_config, decode_in_background)
 
 
@@ -84,3 +91,6 @@ class UniprocExecutor:
 
     def execute(self, plan: StepPlan) -> StepResult:
         return self.runner.execute(plan)
+
+    def close(self) -> None:
+        self.runner.decodes.close()

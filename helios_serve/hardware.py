@@ -17,16 +17,40 @@ class Accelerator:
     memory_gib: float
     memory_tb_s: float
     """Memory bandwidth, TB/s: the floor of a forward that must stream the weights once."""
+    interconnect_gb_s: float
+    """Effective GPU-to-GPU rate of an all-to-all, GB/s each GPU sends to the others (sequence
+    parallelism). An assumption, not a measurement: see INTERCONNECT_EFFICIENCY."""
+    collective_latency_us: float
+    """Fixed cost of one collective call (an NCCL all-to-all or all-gather of a few MB), µs. An
+    assumption: NCCL's small-message latency within one node is ~10-30 µs; the kernel launch and
+    the ranks' skew come on top."""
 
 
+INTERCONNECT_EFFICIENCY = 370 / 450
+"""Share of the per-direction link bandwidth an all-to-all is assumed to reach: gpu-review.md (§3,
+lever 8, Ulysses) takes ~370 GB/s on an H100's NVLink 4 (450 GB/s each way); the other parts get
+the same share of their datasheet link. Not measured here: no multi-GPU run has been made."""
+NVLINK_LATENCY_US = 25.0
+"""Per collective over NVLink/NVSwitch: NCCL all-to-all latency at small sizes (assumed)."""
+PCIE_LATENCY_US = 40.0
+"""Per collective over PCIe (through the host bridge or a PCIe switch): assumed higher than NVLink."""
+
+
+def _link(per_direction_gb_s: float) -> float:
+    return round(INTERCONNECT_EFFICIENCY * per_direction_gb_s)
+
+
+# Links per direction from the datasheets: NVLink 4 (H100/H200/H20 SXM) 450 GB/s, NVLink 5 (B200)
+# 900 GB/s, NVLink 3 (A100 SXM) 300 GB/s; PCIe parts without an NVLink bridge talk over PCIe Gen5
+# (H100 PCIe) or Gen4 (L40S) x16, 64 and 32 GB/s, and get less still behind a shared switch.
 ACCELERATORS: dict[str, Accelerator] = {
-    "h100": Accelerator("NVIDIA H100 SXM 80GB", 989.0, 79.1, 3.35),
-    "h100pcie": Accelerator("NVIDIA H100 PCIe 80GB", 756.0, 79.1, 2.0),
-    "h200": Accelerator("NVIDIA H200 SXM 141GB", 989.0, 139.8, 4.8),
-    "h20": Accelerator("NVIDIA H20 96GB", 148.0, 94.9, 4.0),
-    "b200": Accelerator("NVIDIA B200 180GB", 2250.0, 178.4, 8.0),
-    "a100": Accelerator("NVIDIA A100 SXM 80GB", 312.0, 79.1, 2.04),
-    "l40s": Accelerator("NVIDIA L40S 48GB", 362.0, 44.4, 0.864),
+    "h100": Accelerator("NVIDIA H100 SXM 80GB", 989.0, 79.1, 3.35, _link(450), NVLINK_LATENCY_US),
+    "h100pcie": Accelerator("NVIDIA H100 PCIe 80GB", 756.0, 79.1, 2.0, _link(64), PCIE_LATENCY_US),
+    "h200": Accelerator("NVIDIA H200 SXM 141GB", 989.0, 139.8, 4.8, _link(450), NVLINK_LATENCY_US),
+    "h20": Accelerator("NVIDIA H20 96GB", 148.0, 94.9, 4.0, _link(450), NVLINK_LATENCY_US),
+    "b200": Accelerator("NVIDIA B200 180GB", 2250.0, 178.4, 8.0, _link(900), NVLINK_LATENCY_US),
+    "a100": Accelerator("NVIDIA A100 SXM 80GB", 312.0, 79.1, 2.04, _link(300), NVLINK_LATENCY_US),
+    "l40s": Accelerator("NVIDIA L40S 48GB", 362.0, 44.4, 0.864, _link(32), PCIE_LATENCY_US),
 }
 
 

@@ -64,6 +64,9 @@ class _Decode:
 class SimulatedExecutor:
     """Units of work as waits of their predicted time on ``gpu`` (a key of hardware.ACCELERATORS)."""
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def __init__(self, model: str, gpu: str, mfu: float, vae_dtype: str = "float32",
                  decode_in_background: bool | None = None, clock=time.monotonic, sleep=time.sleep):
         """``clock`` and ``sleep``: the time the simulated GPU lives in (tests pass a virtual one)."""

@@ -27,6 +27,7 @@ from .layers.attention_backends import Capabilities, choose_backend
 from .layers.rotary import RotaryTable
 from .models.vae import PreviewDecoder, WanVAE
 from .text_kv_cache import TextKVCache
+from .sequence_parallel import SequenceParallel
 from .request_state import HISTORY_INDICES, NOISY_INDICES, ChunkProcedure, RequestState
 from .resume import ResumeSnapshot, load_snapshot
 from .step_io import DecodedChunk, RequestSpec, RunnerConfig, StepPlan, StepResult
@@ -61,15 +62,22 @@ __all__ = ["ModelRunner", "ProgressMismatch", "RunnerConfig"]
 
 
 class ModelRunner:
-    def __init__(self, config: RunnerConfig, decode_in_background: bool = False):
+    def __init__(self, config: RunnerConfig, decode_in_background: bool = False,
+                 sequence_parallel: SequenceParallel | None = None):
         """``decode_in_background``: chunk decodes run behind the next chunk's denoising
-        (decode_worker.py); a chunk then comes out of a later step than its decode unit."""
+        (decode_worker.py); a chunk then comes out of a later step than its decode unit.
+        ``sequence_parallel``: this runner is one rank of a group that splits every forward's
+        tokens; every rank executes the same plans, and only rank 0 decodes chunks."""
         self.config = config
         self.device = config.resolved_device()
+        self.aux_device = config.resolved_vae_device()
+        """Where the text encoder and the VAE run (the transformer's device unless told)."""
         self.dtype = config.resolved_dtype()
         self.attention_backend = choose_backend(config.attention_backend, Capabilities.probe(self.device), self.dtype)
         logger.info("attention backend: %s (asked for %s)", self.attention_backend, config.attention_backend)
         self.variant, self.transformer, self.text_encoder, self.vae = self._load(config)
+        self.transformer.use_sequence_parallel(sequence_parallel)
+        self.decodes_chunks = sequence_parallel is None or sequence_parallel.communicator.rank == 0
         preview = PreviewDecoder.fit(self.vae) if self.vae is not None else self._tiny_preview()
         self.preview = preview.to(self.device)
         self.text_kv = TextKVCache(self.transformer, config.text_kv_cache_mb * 2**20) if config.text_kv_cache_mb else None
@@ -91,13 +99,13 @@ class ModelRunner:
                 "helios-tiny", dtype=self.dtype, device=self.device, kernels=config.kernels,
                 attention=self.attention_backend,
             )
-            text_encoder = tiny_text_encoder(self.device, self.dtype, config.text_cache_size)
+            text_encoder = tiny_text_encoder(self.aux_device, self.dtype, config.text_cache_size)
             return tiny_variant(location), transformer, text_encoder, None
         if location == RANDOM_MODEL:
             from .models.random_model import load_random_distilled
 
             return load_random_distilled(self.device, self.dtype, config.kernels, config.text_cache_size,
-                                         getattr(torch, config.vae_dtype), self.attention_backend)
+                                         getattr(torch, config.vae_dtype), self.attention_backend, self.aux_device)
         from .models.text_encoder import TextEncoder
 
         root = Path(location)
@@ -106,9 +114,9 @@ class ModelRunner:
             root / "transformer", dtype=self.dtype, device=self.device, kernels=config.kernels,
             attention=self.attention_backend,
         )
-        text_encoder = TextEncoder.from_pretrained(root, self.device, self.dtype, cache_size=config.text_cache_size)
+        text_encoder = TextEncoder.from_pretrained(root, self.aux_device, self.dtype, cache_size=config.text_cache_size)
         # The reference VAE runs in fp32 (spec §4.6); the decode may be bf16 (config.vae_dtype).
-        vae = WanVAE.from_pretrained(root / "vae", self.device, getattr(torch, config.vae_dtype))
+        vae = WanVAE.from_pretrained(root / "vae", self.aux_device, getattr(torch, config.vae_dtype))
         logger.info("loaded %s (%s variant) from %s", config.model, variant.name, root)
         return variant, transformer, text_encoder, vae
 
@@ -346,7 +354,7 @@ class ModelRunner:
             self._denoise_isolating_failures(denoise, result)
         for request_id in self._live(plan.decode):
             closed = self._guarded(result, request_id, self._close_chunk, request_id)
-            if closed is not None:
+            if closed is not None and self.decodes_chunks:  # other ranks only move on to the next chunk
                 self.decodes.submit(request_id, *closed)
         # A step with nothing else to do waits for a decode instead of spinning.
         for request_id, outcome in self.decodes.collect(wait=not plan.request_ids()):

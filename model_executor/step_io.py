@@ -106,10 +106,19 @@ class RunnerConfig:
     vae_dtype: str = setting("float32", "dtype of the VAE decode (the encode of image and video inputs is always "
                                         "float32)", choices=("float32", "bfloat16"))
 
+    vae_device: str | None = setting(
+        None, "torch device of the VAE and the text encoder, e.g. cuda:1: chunk decodes then run beside the "
+              "transformer's forwards instead of taking turns with them on its GPU (default: the model's device)")
+
     def resolved_device(self):
         import torch
 
         return torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def resolved_vae_device(self):
+        import torch
+
+        return torch.device(self.vae_device) if self.vae_device else self.resolved_device()
 
     def resolved_dtype(self):
         import torch

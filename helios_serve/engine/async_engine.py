@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from ..errors import EngineDeadError
 from ..model_executor.step_io import RequestSpec
 from ..outputs import VideoChunkOutput
 from ..request import Pacing, Request, RequestStatus
@@ -65,6 +66,8 @@ class AsyncHeliosEngine(EngineFront):
         # request id -> (its number of chunks, the loop of its consumer, its chunk queue)
         self._streams: dict[str, tuple[int, asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._stopped = False
+        self.dead: str | None = None
+        """Why the engine stopped for good (EngineDeadError), once it has."""
         self._thread = threading.Thread(target=self._loop, name="helios-engine", daemon=True)
         self._thread.start()
 
@@ -79,6 +82,8 @@ class AsyncHeliosEngine(EngineFront):
         pacing: Pacing | None = None,
     ) -> RequestHandle:
         """Submit; raises QueueFullError / ValueError at once. Read its chunks with ``chunks``."""
+        if self.dead:
+            raise EngineDeadError(self.dead)
         request_id = request_id or uuid.uuid4().hex
         queue: asyncio.Queue = asyncio.Queue()
         request = self.core.add_request(request_id, spec, priority, realtime_fps, timeout_s, pacing)
@@ -140,6 +145,7 @@ class AsyncHeliosEngine(EngineFront):
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=30)
+        self.core.executor.close()
 
     # -- the step loop (engine thread) ---------------------------------------------------------
     def _loop(self) -> None:
@@ -150,6 +156,10 @@ class AsyncHeliosEngine(EngineFront):
                 continue
             try:
                 step = self.core.step()
+            except EngineDeadError as exc:  # a rank of the group died: nothing can run any more
+                self.dead = str(exc)
+                self._fail_everything(self.dead)
+                return
             except Exception:  # noqa: BLE001 - a bug in the engine itself: fail everything, keep serving
                 logger.exception("engine step failed; failing all running requests")
                 self._fail_everything()
@@ -166,13 +176,13 @@ class AsyncHeliosEngine(EngineFront):
             for request in step.finished:
                 self._deliver(request.request_id, _FINISHED, final=True)
 
-    def _fail_everything(self) -> None:
+    def _fail_everything(self, reason: str = "internal engine error") -> None:
         with self.core.lock:
             scheduler = self.core.scheduler
             requests = [*scheduler.waiting, *scheduler.running.values()]
             for request in requests:
                 scheduler.abort_request(request.request_id, RequestStatus.FINISHED_FAILED)
-                request.error = "internal engine error"
+                request.error = reason
         for request in requests:
             self._deliver(request.request_id, _FINISHED, final=True)
 

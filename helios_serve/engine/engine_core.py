@@ -138,6 +138,10 @@ class EngineFront:
     def variant(self):
         return self.core.executor.variant
 
+    def close(self) -> None:
+        """Release what the executor started (a sequence-parallel group's worker processes)."""
+        self.core.executor.close()
+
     @property
     def stats(self) -> EngineStats:
         return self.core.stats

@@ -26,16 +26,19 @@ def random_distilled_variant() -> ModelVariant:
 
 
 def load_random_distilled(device: torch.device, dtype: torch.dtype, kernels: str | None, text_cache_size: int,
-                          vae_dtype: torch.dtype = torch.float32, attention: str = "sdpa"):
-    """(variant, transformer, text encoder, VAE) of helios-distilled-random on ``device``."""
+                          vae_dtype: torch.dtype = torch.float32, attention: str = "sdpa",
+                          aux_device: torch.device | None = None):
+    """(variant, transformer, text encoder, VAE) of helios-distilled-random on ``device`` (the
+    text encoder and VAE on ``aux_device`` when given)."""
+    aux_device = aux_device or device
     from diffusers import AutoencoderKLWan
 
     # 14B values drawn on the GPU: seconds there, minutes on a CPU generator.
     transformer = HeliosTransformer.from_preset("helios-14b", seed=RANDOM_SEED, dtype=dtype, device=device,
                                                 kernels=kernels, draw_on_device=device.type == "cuda",
                                                 attention=attention)
-    text_encoder = tiny_text_encoder(device, dtype, text_cache_size, width=transformer.config.text_dim)
+    text_encoder = tiny_text_encoder(aux_device, dtype, text_cache_size, width=transformer.config.text_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         vae = AutoencoderKLWan()  # the Wan-2.1 VAE configuration; runs in fp32 as the released one
-    return random_distilled_variant(), transformer, text_encoder, WanVAE(vae.to(device), vae_dtype)
+    return random_distilled_variant(), transformer, text_encoder, WanVAE(vae.to(aux_device), vae_dtype)

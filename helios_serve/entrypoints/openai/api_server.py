@@ -140,10 +140,12 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        """503 when the service cannot serve (its model or job store failed to load); 200 with
+        """503 when the service cannot serve (its model or job store failed to load, or the engine
+        died: a rank of its sequence-parallel group exited); 200 with
         status "degraded" when it serves but cannot store new videos (low disk, a failing store)."""
-        if state.load_error:
-            return JSONResponse({"status": "failed", "detail": state.load_error}, status_code=503)
+        failure = state.load_error or (state.engine.dead if state.engine is not None else None)
+        if failure:
+            return JSONResponse({"status": "failed", "detail": public_message(failure)}, status_code=503)
         storage = state.jobs.storage_problem() if state.jobs is not None else None
         return {"status": "degraded", "storage": storage} if storage else {"status": "ok"}
 

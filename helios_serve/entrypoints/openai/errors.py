@@ -9,6 +9,7 @@ import re
 from starlette.responses import JSONResponse
 
 from ...errors import (
+    EngineDeadError,
     InvalidRequestError,
     JobConflictError,
     JobExpiredError,
@@ -35,6 +36,7 @@ ERROR_TABLE: dict[type[Exception], tuple[int, str, str | None]] = {
     InvalidRequestError: (422, "invalid_value", None),
     QueueFullError: (429, "queue_full", None),
     StorageError: (507, "insufficient_storage", None),
+    EngineDeadError: (503, "engine_unavailable", None),
 }
 """Exception type -> (status, code, param); an exception's own ``code``/``param`` win."""
 
