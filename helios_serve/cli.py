@@ -45,7 +45,7 @@ def _add_check_parser(subparsers) -> None:
 
 
 def _add_generate_parser(subparsers) -> None:
-    from .config import ModelConfig, add_config_arguments
+    from .config import EngineConfig, ModelConfig, add_config_arguments, add_field_argument
     from .sampling_params import add_sampling_arguments
 
     parser = subparsers.add_parser(
@@ -64,6 +64,7 @@ def _add_generate_parser(subparsers) -> None:
     parser.add_argument("--video", default=None, help="video file for video-to-video (at least 33 frames)")
     add_sampling_arguments(parser.add_argument_group("video settings"))
     add_config_arguments(parser.add_argument_group("model", ModelConfig.__doc__), ModelConfig)
+    add_field_argument(parser.add_argument_group("engine"), EngineConfig, "sequence_parallel_size")
     parser.set_defaults(handler=_run_generate)
 
 

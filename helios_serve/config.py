@@ -233,17 +233,23 @@ def add_config_arguments(parser, config_class, positional: tuple[str, ...] = ())
             group = parser.add_argument_group(item.name.replace("_", " "), section.__doc__)
             add_config_arguments(group, section, positional)
             continue
-        default = item.default
-        if item.metadata.get("env"):  # its help names the variable; the value (a secret) is never shown
-            default = os.environ.get(item.metadata["env"], default)
-        options = dict(dest=item.name, default=default, type=_value_type(config_class, item),
-                       choices=item.metadata.get("choices"), help=help_with_default(item.metadata["help"], item.default),
-                       metavar=None if item.metadata.get("choices") else item.name.upper())
-        if item.name in positional:
-            del options["dest"]
-            parser.add_argument(item.name, nargs="?", **options)
-        else:
-            parser.add_argument(_flag(item), **options)
+        add_field_argument(parser, config_class, item.name, positional=item.name in positional)
+
+
+def add_field_argument(parser, config_class, name: str, positional: bool = False) -> None:
+    """The option of one config field (``generate`` takes a few engine fields this way)."""
+    item = config_class.__dataclass_fields__[name]
+    default = item.default
+    if item.metadata.get("env"):  # its help names the variable; the value (a secret) is never shown
+        default = os.environ.get(item.metadata["env"], default)
+    options = dict(dest=item.name, default=default, type=_value_type(config_class, item),
+                   choices=item.metadata.get("choices"), help=help_with_default(item.metadata["help"], item.default),
+                   metavar=None if item.metadata.get("choices") else item.name.upper())
+    if positional:
+        del options["dest"]
+        parser.add_argument(item.name, nargs="?", **options)
+    else:
+        parser.add_argument(_flag(item), **options)
 
 
 def _sections(config_class) -> dict[str, type]:

@@ -24,18 +24,26 @@ def _sampling_params(args: argparse.Namespace):
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .config import ModelConfig, config_from_args
+    from .config import EngineConfig, ModelConfig, config_from_args
     from .engine.engine import HeliosEngine
-    from .video_io import Mp4Writer
 
     params = _sampling_params(args)
     started = time.perf_counter()
-    engine = HeliosEngine(model_config=config_from_args(ModelConfig, args))
+    engine = HeliosEngine(model_config=config_from_args(ModelConfig, args),
+                          engine_config=EngineConfig(sequence_parallel_size=args.sequence_parallel_size))
+    try:
+        return _write_video(engine, args, params, time.perf_counter() - started)
+    finally:
+        engine.close()
+
+
+def _write_video(engine, args: argparse.Namespace, params, load_seconds: float) -> int:
+    from tqdm import tqdm
+
+    from .video_io import Mp4Writer
+
     spec = engine.resolve(args.prompt, params)  # validate before opening the output file
     fps = params.fps or engine.variant.default_fps
-    load_seconds = time.perf_counter() - started
     bar = tqdm(total=1, unit="step", desc="generating", file=sys.stderr, dynamic_ncols=True)
 
     def on_progress(_request_id: str, done: int, total: int) -> None:

@@ -153,7 +153,8 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
     async def ready():
         if state.ready:
             return {"status": "ready", "model": config.model.model, "warmup_seconds": round(state.warmup_seconds, 3),
-                    "attention_backend": state.engine.core.executor.attention_backend}
+                    "attention_backend": state.engine.core.executor.attention_backend,
+                    "sequence_parallel_size": config.engine.sequence_parallel_size}
         status = "failed" if state.load_error else "loading"
         return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
