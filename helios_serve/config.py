@@ -178,8 +178,9 @@ class ScaleOutConfig:
                                          "(default: one process, no Ray)")
     ray_address: str | None = setting(None, "join this Ray cluster (e.g. ray://head:10001 or auto); without it "
                                              "a local Ray is started")
-    gpus_per_replica: float | None = setting(None, "GPUs each replica reserves (default: 1 when the machine has "
-                                                   "a GPU, else 0)")
+    gpus_per_replica: float | None = setting(None, "GPUs each replica reserves, all on one node (default: when the "
+                                                   "cluster has GPUs, one per sequence-parallel rank, plus one when "
+                                                   "the VAE device is a GPU; else 0)")
     cpus_per_replica: float = setting(1.0, "CPUs each replica reserves")
 
     @property

@@ -131,3 +131,23 @@ def test_a_create_sent_again_with_the_ingress_job_id_is_not_made_twice(tmp_path)
             assert ids == [chosen, chosen] and len(listed) == 1
         else:  # a single server ignores the header: clients cannot pick ids
             assert chosen not in ids and ids[0] != ids[1] and len(listed) == 2
+
+
+def test_a_sequence_parallel_replica_reserves_its_gpus_on_one_node():
+    from helios_serve.config import EngineConfig, HeliosConfig, ModelConfig, ScaleOutConfig
+    from helios_serve.integrations.ray_serve.launch import replica_gpus, replica_options
+
+    def config(size=2, gpus=None, vae_device=None):
+        return HeliosConfig(model=ModelConfig(vae_device=vae_device), engine=EngineConfig(sequence_parallel_size=size),
+                            scale_out=ScaleOutConfig(replicas=2, gpus_per_replica=gpus))
+
+    assert replica_gpus(config(), cluster_has_gpus=True) == 2
+    assert replica_gpus(config(vae_device="cuda:2"), cluster_has_gpus=True) == 3
+    assert replica_gpus(config(), cluster_has_gpus=False) == 0
+    assert replica_gpus(config(gpus=4), cluster_has_gpus=True) == 4
+    with pytest.raises(ValueError, match="gpus_per_replica is 1, but each replica runs 2 sequence-parallel"):
+        replica_gpus(config(gpus=1), cluster_has_gpus=True)
+    options = replica_options(cpus=1, gpus=2)
+    assert options["placement_group_bundles"] == [{"CPU": 1, "GPU": 2}]
+    assert options["placement_group_strategy"] == "STRICT_PACK"
+    assert options["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 2}

@@ -1,5 +1,7 @@
 """``helios-serve serve MODEL --replicas N``: N engine replicas behind one endpoint on Ray Serve.
 
+With ``--sequence-parallel-size S`` each replica is a group of S ranks on S GPUs of one node.
+
 Every replica and the ingress share ``--data-dir`` (the job store and the video files): on one
 machine that is just a directory; across machines it must be a shared filesystem mounted at the
 same path on every node (see README, "Scaling out with Ray").
@@ -24,15 +26,38 @@ def build_application(config: HeliosConfig, replicas: int, gpus_per_replica: flo
     from .ingress import HeliosIngress
     from .replica import HeliosReplica
 
-    resources = {"num_cpus": config.scale_out.cpus_per_replica, "num_gpus": gpus_per_replica}
+    options = replica_options(config.scale_out.cpus_per_replica, gpus_per_replica)
     slots = {
-        f"replica-{i}": HeliosReplica.options(name=f"helios-replica-{i}", ray_actor_options=resources).bind(
+        f"replica-{i}": HeliosReplica.options(name=f"helios-replica-{i}", **options).bind(
             config, f"replica-{i}", replica_host
         )
         for i in range(replicas)
     }
     ingress = HeliosIngress.options(name="helios-ingress", ray_actor_options={"num_cpus": 0})
     return ingress.bind(slots, config.server.data_dir, config.server.api_key)
+
+
+def replica_options(cpus: float, gpus: float) -> dict:
+    """A replica's Ray resources: one placement-group bundle holds all of them, so the GPUs of a
+    sequence-parallel group are on one node (the replica's actor runs in that bundle and starts
+    its other ranks as its own processes, on the GPUs Ray gave it)."""
+    bundle = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    return {"ray_actor_options": {"num_cpus": cpus, "num_gpus": gpus}, "placement_group_bundles": [bundle],
+            "placement_group_strategy": "STRICT_PACK"}
+
+
+def replica_gpus(config: HeliosConfig, cluster_has_gpus: bool) -> float:
+    """GPUs each replica reserves: --gpus-per-replica, else one per sequence-parallel rank (and one
+    for a VAE on a GPU of its own) when the cluster has GPUs. ValueError when too few are asked."""
+    ranks = config.engine.sequence_parallel_size
+    vae_gpu = 1 if (config.model.vae_device or "").startswith("cuda") else 0
+    gpus = config.scale_out.gpus_per_replica
+    if gpus is None:
+        return float(ranks + vae_gpu) if cluster_has_gpus else 0.0
+    if gpus and gpus < ranks + vae_gpu:
+        raise ValueError(f"gpus_per_replica is {gpus:g}, but each replica runs {ranks} sequence-parallel rank(s)"
+                         + (" and a VAE GPU" if vae_gpu else "") + f": it needs {ranks + vae_gpu}")
+    return gpus
 
 
 def run_ray_deployment(config: HeliosConfig) -> int:
@@ -51,14 +76,12 @@ def run_ray_deployment(config: HeliosConfig) -> int:
     os.makedirs(server.data_dir, exist_ok=True)
     started = time.monotonic()
     ray.init(address=deployment.ray_address, namespace="helios-serve", include_dashboard=False)
-    gpus = deployment.gpus_per_replica
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     # A local Ray keeps replicas on this machine, reachable on loopback; in a cluster each
     # replica serves on its own node's address (None: decided inside the replica).
     replica_host = "127.0.0.1" if deployment.ray_address is None else None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop cleanly when stopped by pid
     try:
+        gpus = replica_gpus(config, ray.cluster_resources().get("GPU", 0) > 0)
         serve.start(http_options={"host": host, "port": port})
         application = build_application(config, replicas, gpus, replica_host)
         serve.run(application, name="helios", route_prefix="/", logging_config={"enable_access_log": False})

@@ -49,3 +49,5 @@ class HeliosReplica:
         state = self.app.state.server
         if state.load_error:
             raise RuntimeError(state.load_error)
+        if state.engine is not None and state.engine.dead:  # a rank died: a new actor starts a new group
+            raise RuntimeError(state.engine.dead)
