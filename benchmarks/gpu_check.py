@@ -17,6 +17,8 @@ GEMMs, attention, kernels and the VAE does not depend on the weights' values. Se
                by unit of work, host-device synchronisations per chunk
   tiny         helios-tiny through the whole engine in bf16 on the device against fp32 on the CPU,
                Distilled with the amplified first chunk (the path that could not run on CUDA)
+  parallel     frames/s of one stream with 1, 2 and 4 sequence-parallel GPUs (as many as there
+               are), and with the VAE and text encoder on a second GPU; skipped on one GPU
 
 ``--dry-run`` runs each section on the CPU with helios-tiny sizes (Triton in its interpreter),
 so CI checks the script itself; its figures describe a CPU and measure nothing about GPUs.
@@ -36,7 +38,7 @@ import time
 import warnings
 from pathlib import Path
 
-SECTIONS = ("environment", "kernels", "dit", "vae", "engine", "tiny")
+SECTIONS = ("environment", "kernels", "dit", "vae", "engine", "tiny", "parallel")
 TINY_TOLERANCE = {"mean_abs_max": 2.0, "psnr_min_db": 35.0}
 """bf16 on the device vs fp32 on the CPU, uint8 frames of a random tiny model over two chunks
 (bf16 vs fp32 on one CPU gives a mean of 0.54 levels and 48 dB)."""
@@ -351,6 +353,40 @@ class Check:
                 "host_syncs_per_unit": self._host_syncs_per_unit(steps), "paper_fps": 19.53,
                 "ok": fps >= 19.53 if cuda else None}
 
+    def parallel(self) -> dict:
+        """One stream's steady frames/s per GPU layout: (sequence-parallel ranks, VAE device)."""
+        torch = self.torch
+        count = 2 if self.dry_run else torch.cuda.device_count()
+        layouts = [(n, None) for n in (1, 2, 4) if n <= count]
+        if count >= 2:
+            layouts.append((1, "cpu" if self.dry_run else "cuda:1"))
+        if len(layouts) == 1:
+            return {"skipped": f"needs 2 or more GPUs; this machine has {count}", "gpus": count}
+        if self._engine is not None:  # its weights would crowd rank 0's GPU
+            self._engine.close()
+            self._engine = None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        results = [self._stream_fps(ranks, vae_device) for ranks, vae_device in layouts]
+        return {"gpus": count, "layouts": results}
+
+    def _stream_fps(self, ranks: int, vae_device: str | None) -> dict:
+        from helios_serve import HeliosEngine, VideoSamplingParams
+        from helios_serve.model_executor.step_io import RunnerConfig
+
+        config = RunnerConfig(model=self.model, device=str(self.device), dtype="bfloat16", vae_device=vae_device)
+        engine = HeliosEngine(model_config=config, sequence_parallel_size=ranks)
+        try:
+            steps = [1] * engine.variant.sampler.stages
+            engine.generate(["warm-up"], VideoSamplingParams(num_frames=33, seed=1,
+                                                             pyramid_num_inference_steps_list=steps))
+            params = VideoSamplingParams(num_frames=99, seed=0, pyramid_num_inference_steps_list=steps)
+            seconds, frames = self._chunk_times(engine, params)
+        finally:
+            engine.close()
+        return {"sequence_parallel_size": ranks, "vae_device": vae_device,
+                "steady_fps": sum(frames[1:]) / sum(seconds[1:]), "chunk_seconds": seconds}
+
     @staticmethod
     def _chunk_times(engine, params) -> tuple[list[float], list[int]]:
         """(seconds since the previous chunk, frames) of each chunk of one streamed video."""
@@ -520,6 +556,12 @@ def render(report: dict) -> str:
             row("host syncs per unit (one chunk)", result["host_syncs_per_unit"])
             if result["cuda_sync_warnings_per_chunk"] is not None:
                 row("CUDA sync-debug warnings per chunk", f"{result['cuda_sync_warnings_per_chunk']:.1f}")
+        elif name == "parallel":
+            if "skipped" in result:
+                row("skipped", result["skipped"])
+            for layout in result.get("layouts", []):
+                vae = f", VAE on {layout['vae_device']}" if layout["vae_device"] else ""
+                row(f"{layout['sequence_parallel_size']} rank(s){vae}", f"{layout['steady_fps']:.1f} frames/s")
         elif name == "tiny":
             row("helios-tiny bf16 device vs fp32 CPU", f"{'ok' if result['ok'] else 'OUT OF TOLERANCE'}: mean "
                 f"{result['mean_abs']:.2f}, max {result['max_abs']} levels, {result['psnr_db']:.1f} dB")

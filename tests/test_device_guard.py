@@ -22,6 +22,7 @@ from helios_serve.errors import RequestFailedError
 from helios_serve.model_executor import request_state
 from helios_serve.model_executor.device import HostSyncCounter
 from helios_serve.model_executor.resume import save_snapshot
+from helios_serve.model_executor.sequence_parallel import Communicator, SequenceParallel
 from helios_serve.model_executor.sampling.dmd import _sigma_at
 
 SIZE = dict(height=64, width=64)
@@ -176,3 +177,55 @@ def test_the_guard_fails_on_the_dmd_step_as_shipped(meta_engine, monkeypatch):
     # The same old step is harmless on the CPU, which is why CPU tests never saw it.
     cpu = HeliosEngine(model="helios-tiny")
     cpu.generate(["a fox"], VideoSamplingParams(num_frames=33, seed=6, **SIZE))
+
+
+class LoopbackCommunicator(Communicator):
+    """A group of ``size`` ranks in one process, as if every rank held this rank's tokens: the
+    collectives' shapes and devices are the real ones (values do not matter on meta)."""
+
+    def __init__(self, size: int):
+        self.group, self.size, self.rank = None, size, 0
+        self.bytes_sent = {"all_to_all": 0, "all_gather": 0}
+
+    def all_to_all(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous().clone()
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x] * self.size)
+
+
+@pytest.mark.parametrize("variant", ["distilled", "base"])
+def test_sequence_parallel_units_run_on_a_device(tiny_checkpoint, variant):
+    """The sequence-parallel forward (shares, padding index, all-to-alls, the gather) on meta:
+    stage 0 of a 64x64 video has 9 noisy tokens, padded at two ranks; no unit but the decode syncs."""
+    _, folder = tiny_checkpoint(variant)
+    engine = HeliosEngine(model=str(folder), device="meta", dtype="bfloat16", max_decodes_in_flight=2)
+    engine.core.executor.runner.transformer.use_sequence_parallel(SequenceParallel(LoopbackCommunicator(2)))
+    steps = dict(num_inference_steps=2) if variant == "base" else dict(pyramid_num_inference_steps_list=[2, 2, 2])
+    core = engine.core
+    request = core.add_request(f"sp-{variant}", engine.resolve("a fox", VideoSamplingParams(
+        num_frames=66, seed=8, image=IMAGE, **SIZE, **steps)))
+    syncs: list[str] = []
+    while not request.status.is_finished:
+        with HostSyncCounter() as counter:
+            output = core.step()
+        if not output.chunks:
+            syncs.extend(counter.events)
+    assert request.error is None and syncs == [], (request.error, syncs)
+    assert core.executor.runner.transformer.sequence_parallel.communicator.size == 2
+
+
+def test_the_vae_and_text_encoder_live_on_the_vae_device(tiny_checkpoint):
+    """--vae-device: the text encoder and VAE on one device, the transformer and every request
+    tensor on the model's; what crosses over (embeddings, I2V conditioning) lands on the model's."""
+    from helios_serve.model_executor.step_io import RunnerConfig
+
+    _, folder = tiny_checkpoint("distilled")
+    engine = HeliosEngine(model_config=RunnerConfig(model=str(folder), device="meta", dtype="bfloat16",
+                                                    vae_device="cpu"))
+    runner = engine.core.executor.runner
+    placement = {name: {p.device.type for p in module.parameters()} for name, module in runner.modules().items()}
+    assert placement == {"transformer": {"meta"}, "text_encoder": {"cpu"}, "vae": {"cpu"}}
+    assert runner.encode_prompt("a fox").device.type == "meta"
+    state = runner.create_state(engine.resolve("a fox", VideoSamplingParams(num_frames=33, image=IMAGE, **SIZE)))
+    assert state.history.device.type == "meta" and state.anchor.device.type == "meta"
