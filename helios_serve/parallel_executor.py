@@ -102,7 +102,8 @@ class SequenceParallelExecutor(UniprocExecutor):
 
         for worker in self.workers:
             worker.stop()
-        if dist.is_initialized() and not self.dead:
+        # NCCL may block tearing down a group with a dead peer; the process exits without it then.
+        if dist.is_initialized() and not (self.dead and dist.get_backend() == "nccl"):
             dist.destroy_process_group()
         if getattr(self, "runner", None) is not None:
             super().close()
@@ -145,7 +146,7 @@ class _Worker:
         self.process.join(timeout=5)
         code = self.process.exitcode
         how = f"exited with code {code}" if code is not None else "stopped answering"
-        return f"sequence-parallel rank {self.rank} {how}; the engine cannot run without it (restart the server)"
+        return f"sequence-parallel rank {self.rank} {how}; the engine cannot run without it until restarted"
 
     def stop(self) -> None:
         if self.process.is_alive():

@@ -19,7 +19,7 @@ def test_dry_run_exercises_every_section(tmp_path):
     report = json.loads(output.read_text())
     sections = report["sections"]
     assert report["dry_run"] and report["failed_sections"] == []
-    assert set(sections) == {"environment", "kernels", "dit", "vae", "engine", "tiny"}
+    assert set(sections) == {"environment", "kernels", "dit", "vae", "engine", "tiny", "parallel"}
     assert all("error" not in s for s in sections.values()), sections
     # The self-attention of each pyramid stage at helios-tiny's default size (192x320).
     assert list(sections["environment"]["sdpa_kernels"]) == ["735", "1140", "2760"]
@@ -37,4 +37,7 @@ def test_dry_run_exercises_every_section(tmp_path):
     assert engine["host_syncs_per_unit"] == {"encode": 0, "begin_chunk": 0, "denoise": 0, "next_stage": 0,
                                              "decode": 2}
     assert sections["tiny"]["ok"] and sections["tiny"]["amplified_first_chunk"]
+    layouts = [(layout["sequence_parallel_size"], layout["vae_device"]) for layout in sections["parallel"]["layouts"]]
+    assert layouts == [(1, None), (2, None), (1, "cpu")]  # two gloo ranks stand in for two GPUs
+    assert all(layout["steady_fps"] > 0 for layout in sections["parallel"]["layouts"])
     assert "DRY RUN" in done.stdout and "engine:" in done.stdout

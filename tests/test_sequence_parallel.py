@@ -22,6 +22,8 @@ HISTORY_HW = (16, 24)
 # tokens; 240 history: 24 long, 24 mid, 192 short), an odd grid (3 x 5 x 9 = 135 noisy tokens,
 # padded at every size) and a batch of two requests at different timesteps.
 CASES = [(1, 16, 24), (1, 8, 12), (1, 4, 6), (1, 6, 10), (2, 8, 12)]
+TRITON_CASES = [(1, 6, 10)]
+"""With the Triton kernels (in Triton's interpreter on a CPU, slow): 135 noisy tokens, padded at two ranks."""
 TOLERANCE = 1e-5
 
 
@@ -49,7 +51,7 @@ def make_inputs(batch: int, height: int, width: int, seed: int) -> dict:
     )
 
 
-def _forward_parity(rank: int, size: int, port: int, results) -> None:
+def _forward_parity(rank: int, size: int, port: int, results, kernels: str = "native") -> None:
     from helios_serve.model_executor.cost_model import forward_token_counts
     from helios_serve.model_executor.loader import random_init
     from helios_serve.model_executor.models.helios_transformer import HeliosTransformer
@@ -58,12 +60,12 @@ def _forward_parity(rank: int, size: int, port: int, results) -> None:
     torch.set_num_threads(1)
     group = join_group(rank, size, f"127.0.0.1:{port}", torch.device("cpu"), timeout_s=120)
     with torch.device("meta"):
-        model = HeliosTransformer(CONFIG, batch_invariant=True)
+        model = HeliosTransformer(CONFIG, batch_invariant=True, kernels=kernels)
     random_init(model, seed=0, dtype=torch.float32, device="cpu")
     model.eval()
     report = []
     with torch.inference_mode():
-        for case in CASES:
+        for case in CASES if kernels == "native" else TRITON_CASES:
             batch, height, width = case
             inputs = make_inputs(batch, height, width, seed=height * 31 + batch)
             model.use_sequence_parallel(None)
@@ -81,10 +83,10 @@ def _forward_parity(rank: int, size: int, port: int, results) -> None:
     torch.distributed.destroy_process_group()
 
 
-def run_ranks(target, size: int) -> list:
+def run_ranks(target, size: int, *args) -> list:
     context = mp.get_context("spawn")
     results = context.Queue()
-    processes = [context.Process(target=target, args=(rank, size, port, results))
+    processes = [context.Process(target=target, args=(rank, size, port, results, *args))
                  for port in [free_port()] for rank in range(size)]
     for process in processes:
         process.start()
@@ -105,6 +107,12 @@ def test_sequence_parallel_forward_equals_one_process(parity_report):
     for entry in report:
         print(f"SP{size} batch/H/W {entry['case']}: max relative error {entry['error']:.2e}")
         assert entry["shape_ok"]
+        assert entry["error"] <= TOLERANCE, entry
+
+
+def test_the_triton_kernels_work_on_a_shard():
+    for entry in run_ranks(_forward_parity, 2, "triton"):
+        print(f"SP2 Triton kernels {entry['case']}: max relative error {entry['error']:.2e}")
         assert entry["error"] <= TOLERANCE, entry
 
 
