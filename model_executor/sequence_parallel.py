@@ -78,9 +78,8 @@ def real_positions(term_counts: Sequence[int], size: int) -> list[int] | None:
 class TokenShards:
     """How one forward's tokens are split: built by ``SequenceParallel.shards`` per token geometry."""
 
-    def __init__(self, communicator: Communicator, term_counts: tuple[int, ...], keep: torch.Tensor | None):
+    def __init__(self, communicator: Communicator, keep: torch.Tensor | None):
         self.communicator = communicator
-        self.term_counts = term_counts
         self.keep = keep
         """Indices of the real tokens in the full sequence (on the device), None without padding."""
 
@@ -148,7 +147,7 @@ class SequenceParallel:
                 del self._shards[next(iter(self._shards))]
             positions = real_positions(term_counts, self.size)
             keep = None if positions is None else torch.tensor(positions, device=device)
-            shards = self._shards[key] = TokenShards(self.communicator, term_counts, keep)
+            shards = self._shards[key] = TokenShards(self.communicator, keep)
         return shards
 
 
