@@ -44,6 +44,46 @@ def test_server_sent_events(server):
     # a subscriber arriving after the end hears the whole story at once
     late = httpx.get(f"{server.api}/videos/{job['id']}/events", timeout=10).text
     assert late.count("event: chunk") == 3 and "event: completed" in late
+    assert [line for line in late.splitlines() if line.startswith(("id: ", "retry: "))] == [
+        "retry: 2000", "id: 1", "id: 2", "id: 3"]
+    # a client that reconnects with the last id it saw hears only what came after it
+    resumed = httpx.get(f"{server.api}/videos/{job['id']}/events", headers={"Last-Event-ID": "2"}, timeout=10).text
+    assert resumed.count("event: chunk") == 1 and '"chunk_index": 2' in resumed and "event: completed" in resumed
+
+
+def test_a_waiting_event_stream_sends_keep_alive_comments(monkeypatch):
+    """A queued job's stream carries comments while nothing happens (a proxy would cut it otherwise)."""
+    from helios_serve.entrypoints.openai import streaming
+    from helios_serve.jobs.status import JobStatus
+
+    class QueuedJob:
+        chunks_completed, total_chunks, status, request = 0, 3, JobStatus.QUEUED, {}
+
+    class Jobs:
+        def subscribe(self, job_id):
+            return asyncio.Queue()
+
+        def unsubscribe(self, job_id, queue):
+            pass
+
+        def get(self, job_id):
+            return QueuedJob()
+
+        def live_progress(self, job_id):
+            return None
+
+    monkeypatch.setattr(streaming, "KEEPALIVE_S", 0.3)
+
+    async def first_messages(count: int) -> list[bytes]:
+        stream = streaming._event_stream(Jobs(), "video_x")
+        messages = [await stream.__anext__() for _ in range(count)]
+        await stream.aclose()
+        return messages
+
+    started = time.monotonic()
+    messages = asyncio.run(first_messages(3))
+    assert messages == [b"retry: 2000\n\n", b": keep-alive\n\n", b": keep-alive\n\n"]
+    assert time.monotonic() - started >= 0.6
 
 
 def test_realtime_websocket_protocol(server):

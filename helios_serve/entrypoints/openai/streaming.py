@@ -36,6 +36,11 @@ from .errors import ApiError, public_message
 from .protocol import video_object
 
 PROGRESS_INTERVAL_S = 0.1
+KEEPALIVE_S = 15.0
+"""An SSE comment goes out after this long without an event, so a proxy's idle timeout (often 30
+to 60 s) never cuts the stream of a job that waits in the queue."""
+RECONNECT_MS = 2000
+"""The ``retry:`` a browser's EventSource waits before reconnecting (with Last-Event-ID)."""
 SEGMENT_NAME = re.compile(r"^(init\.mp4|seg_\d{5}\.m4s)$")
 STREAM_TOKEN_TTL_S = 3600
 """How long a stream token is good for. Each playlist fetch signs its segment URIs afresh; a
@@ -94,10 +99,13 @@ def install_streaming(app: FastAPI, state, auth) -> None:
     stream_auth = [Depends(authorize_stream)]
 
     @app.get("/v1/videos/{video_id}/events", dependencies=auth)
-    async def events(video_id: str) -> StreamingResponse:
+    async def events(video_id: str, request: Request) -> StreamingResponse:
+        """Server-sent events. Each chunk event's ``id`` is the number of chunks announced so far;
+        a client that reconnects with ``Last-Event-ID`` hears only the chunks after it."""
         jobs = state.require_jobs()
         jobs.get(video_id)
-        return StreamingResponse(_event_stream(jobs, video_id), media_type="text/event-stream",
+        seen = _chunks_seen(request.headers.get("last-event-id"))
+        return StreamingResponse(_event_stream(jobs, video_id, seen), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/videos/{video_id}/stream_url", dependencies=auth)
@@ -168,22 +176,33 @@ def hls_playlist(chunks_done: int, num_frames: int, fps: int, complete: bool, qu
     return "\n".join(lines) + "\n"
 
 
-def _sse(event: str, data: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+def _sse(event: str, data: dict, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-async def _event_stream(jobs, video_id: str):
+def _chunks_seen(last_event_id: str | None) -> int:
+    """Chunks a reconnecting client has already heard (its Last-Event-ID; 0 when absent or not ours)."""
+    try:
+        return max(0, int(last_event_id or 0))
+    except ValueError:
+        return 0
+
+
+async def _event_stream(jobs, video_id: str, chunks_seen: int = 0):
     queue = jobs.subscribe(video_id)
     try:
         record = jobs.get(video_id)
-        # A late subscriber first hears the chunks so far (a live stream's: those of its playlist).
+        yield f"retry: {RECONNECT_MS}\n\n".encode()
+        # A late subscriber first hears the chunks so far (a live stream's: those of its playlist),
+        # a reconnecting one those after its Last-Event-ID.
         window = LIVE_PLAYLIST_SEGMENTS if _sliding(record) else record.chunks_completed
-        for index in range(max(0, record.chunks_completed - window), record.chunks_completed):
-            yield _sse("chunk", {"chunk_index": index, "total_chunks": record.total_chunks})
+        for index in range(max(0, record.chunks_completed - window, chunks_seen), record.chunks_completed):
+            yield _sse("chunk", {"chunk_index": index, "total_chunks": record.total_chunks}, index + 1)
         if record.status.is_final:
             yield _final(video_object(jobs, record))
             return
-        last_progress = -1
+        last_progress, last_sent = -1, time.monotonic()
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), timeout=PROGRESS_INTERVAL_S)
@@ -191,13 +210,18 @@ async def _event_stream(jobs, video_id: str):
                 event = None
             progress = jobs.live_progress(video_id)
             if progress is not None and progress != last_progress:
-                last_progress = progress
+                last_progress, last_sent = progress, time.monotonic()
                 yield _sse("progress", {"id": video_id, "progress": progress})
             if event is None:
+                if time.monotonic() - last_sent >= KEEPALIVE_S:
+                    last_sent = time.monotonic()
+                    yield b": keep-alive\n\n"
                 continue
+            last_sent = time.monotonic()
             if isinstance(event, ChunkReady):
-                yield _sse("chunk", {"chunk_index": event.chunk_index, "num_frames": event.num_frames,
-                                     "total_chunks": event.total_chunks})
+                if event.chunk_index >= chunks_seen:
+                    yield _sse("chunk", {"chunk_index": event.chunk_index, "num_frames": event.num_frames,
+                                         "total_chunks": event.total_chunks}, event.chunk_index + 1)
                 continue
             if isinstance(event, PromptChanged):
                 yield _sse("prompt", {"from_chunk": event.from_chunk, "prompt": event.prompt,
