@@ -13,6 +13,8 @@ import pytest
 from live_server import start_server
 from playwright.sync_api import sync_playwright
 
+from helios_serve.model_executor.checkpoint import BUILTIN_MODELS, MODEL_ALIASES
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("HELIOS_TEST_ARTIFACTS", REPO / "test-artifacts")) / "playground"
 API_KEY = "playground-secret"
@@ -82,18 +84,67 @@ def test_page_loads_cleanly_labels_every_control_and_fits_a_phone(browser, serve
         .map(el => el.id)""")
     assert unlabeled == []
     assert desktop.page.locator("[role=status]").count() == 1 and desktop.page.locator("[role=alert]").count() == 1
+    # helios-tiny's videos are noise: the page says so before anyone waits for one.
+    desktop.page.wait_for_selector("#model-warning:not([hidden])")
+    assert desktop.page.inner_text("#model-warning").startswith(
+        "helios-tiny is a tiny random test model: its videos show noise, not the prompt.")
     desktop.shot("desktop-empty")
     assert desktop.errors == []
     desktop.close()
 
     phone = Page(browser, server.url + "/", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     phone.page.wait_for_function("document.getElementById('model-name').textContent === 'helios-tiny'")
+    phone.page.wait_for_selector("#model-warning:not([hidden])")  # the banner and examples fit too
     width = phone.page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"the page scrolls sideways at phone width: {width}"
     assert phone.page.locator("#generate").bounding_box()["height"] >= 44  # a comfortable touch target
     phone.shot("phone-empty")
     assert phone.errors == []
     phone.close()
+
+
+def test_the_random_model_warning_names_only_the_built_in_test_models(server):
+    random_models = httpx.get(server.url + "/playground/random-models.json").json()
+    assert set(random_models) == set(BUILTIN_MODELS)  # every built-in model has random weights
+    assert not set(random_models) & set(MODEL_ALIASES)  # the released checkpoints are real
+
+
+def test_no_warning_for_a_released_model(browser, tmp_path):
+    # The simulator serves the released Distilled model's name and timings without its weights.
+    served = start_server(tmp_path / "data", "helios-distilled", "--simulate", "h100")
+    try:
+        page = Page(browser, served.url + "/", viewport={"width": 1280, "height": 900})
+        page.page.wait_for_function("document.getElementById('model-name').textContent === 'helios-distilled'")
+        page.page.wait_for_load_state("networkidle")  # /ready and the random model list have been read
+        assert page.page.is_hidden("#model-warning")
+        assert page.errors == []
+        page.close()
+    finally:
+        served.stop()
+
+
+def test_an_example_prompt_fills_the_prompt_box(browser, server):
+    page = Page(browser, server.url + "/", viewport={"width": 1280, "height": 900})
+    assert "HeliosBench" in page.page.inner_text("#examples-label")
+    assert page.page.locator("#examples button").count() >= 3
+    assert page.page.input_value("#prompt") == ""
+    page.page.click("#examples button:has-text('Pirate ships')")
+    prompt = page.page.input_value("#prompt")
+    assert "two pirate ships" in prompt and len(prompt) > 200  # the whole benchmark prompt, not the label
+    assert page.page.evaluate("document.activeElement.id") == "prompt"  # ready to edit
+    page.page.click("#examples button:has-text('Paper airplanes')")
+    assert "paper airplanes" in page.page.input_value("#prompt") and "pirate" not in page.page.input_value("#prompt")
+    assert page.status() == "Nothing generated yet."  # an example does not submit by itself
+    assert page.errors == []
+    page.close()
+
+
+def wait_for_thumbnail(page: Page, prompt: str):
+    """The thumbnail of ``prompt``'s video in the recent list, once the browser has decoded it."""
+    thumbnail = page.page.locator(f"#jobs li:has-text('{prompt}') img.thumb")
+    thumbnail.scroll_into_view_if_needed()  # it loads lazily
+    page.page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=thumbnail.element_handle())
+    return thumbnail
 
 
 def test_a_video_plays_while_it_is_generated(browser, server):
@@ -164,6 +215,12 @@ def test_a_finished_video_is_extended_from_the_recent_list(browser, server):
     page.request_video("a paper boat", frames=66)
     page.page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')")
     original = httpx.get(f"{server.api}/videos?limit=1").json()["data"][0]
+    # The finished video's first frame in the recent list, in a fixed box so the list does not jump.
+    thumbnail = wait_for_thumbnail(page, "a paper boat")
+    natural = thumbnail.evaluate("image => `${image.naturalWidth}x${image.naturalHeight}`")
+    assert natural == original["size"] and thumbnail.get_attribute("loading") == "lazy"
+    box = thumbnail.bounding_box()
+    assert (box["width"], box["height"]) == (112, 64)
     page.page.fill("#prompt", "the boat reaches the sea")
     page.page.click("#jobs li:has-text('a paper boat') button.extend")
     deadline = time.monotonic() + 30
@@ -181,19 +238,24 @@ def test_a_finished_video_is_extended_from_the_recent_list(browser, server):
     page.close()
 
 
-def test_a_server_with_an_api_key(browser, tmp_path):
-    keyed = start_server(tmp_path / "data", "--api-key", API_KEY)
+def test_a_server_with_an_api_key_and_a_served_model_name(browser, tmp_path):
+    keyed = start_server(tmp_path / "data", "--api-key", API_KEY, "--served-model-name", "studio-video")
     try:
         page = Page(browser, keyed.url + "/", viewport={"width": 1280, "height": 900})
         page.page.wait_for_selector("#error:not([hidden])")
         assert "API key" in page.page.inner_text("#error")
+        # Under another name, and before the key is typed, the test model is still called what it is.
+        page.page.wait_for_selector("#model-warning:not([hidden])")
+        assert page.page.inner_text("#model-warning").startswith("helios-tiny is a tiny random test model")
         page.page.fill("#api-key", API_KEY)
         page.page.dispatch_event("#api-key", "change")
-        page.page.wait_for_function("document.getElementById('model-name').textContent === 'helios-tiny'")
+        # /v1/models answers now that the key is sent (the served names: another part's business).
+        page.page.wait_for_function("!['…', 'unknown'].includes(document.getElementById('model-name').textContent)")
         page.request_video("a keyed fox", frames=99)
         page.page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')",
                                     timeout=60_000)
         assert page.buffered_end() > 0
+        wait_for_thumbnail(page, "a keyed fox")  # an <img> cannot send the key as a header: the URL carries it
         page.shot("desktop-api-key")
         # The 401s of the first, keyless load are the only console errors.
         assert all("401" in error for error in page.errors), page.errors

@@ -9,16 +9,29 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
+from ...model_executor.checkpoint import RANDOM_MODEL, TINY_MODELS
 from .errors import ApiError
 
 PAGE_DIR = Path(__file__).with_name("playground")
 ASSETS = {"playground.js": "text/javascript", "playground.css": "text/css"}
 
 
+def random_models() -> dict[str, str]:
+    """The built-in models whose videos show noise, not the prompt, with what each is: the page
+    warns when it serves one (a first try with the default helios-tiny looks broken otherwise)."""
+    tiny = {name: "a tiny random test model" for name in TINY_MODELS}
+    return {**tiny, RANDOM_MODEL: "the 14B architecture with random weights (a speed test model)"}
+
+
 def install_playground(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(PAGE_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    # Declared before /playground/{name}, which would otherwise answer this path with a 404.
+    @app.get("/playground/random-models.json", include_in_schema=False)
+    async def random_model_names() -> dict[str, str]:
+        return random_models()
 
     @app.get("/playground/{name}", include_in_schema=False)
     async def asset(name: str) -> FileResponse:

@@ -12,6 +12,44 @@ const KEEP_PLAYED_SECONDS = 30;
 
 const $ = (id) => document.getElementById(id);
 
+// Prompts 2, 5, 8 and 22 of HeliosBench, the Helios benchmark's text-to-video set
+// (eval/playground/helios_t2v_prompts.csv in github.com/PKU-YuanGroup/Helios), as written there.
+const EXAMPLE_PROMPTS = [
+  ["Mammoths in snow",
+   "A stunning mid-afternoon landscape photograph with a low camera angle, showcasing several giant wooly " +
+   "mammoths treading through a snowy meadow. Their long, wooly fur gently billows in the brisk wind as they " +
+   "move, creating a sense of natural movement. Snow-covered trees and dramatic snow-capped mountains loom in " +
+   "the distance, adding to the majestic setting. Wispy clouds and a high sun cast a warm glow over the scene, " +
+   "enhancing the serene and awe-inspiring atmosphere. The depth of field brings out the detailed textures of " +
+   "the mammoths and the snowy environment, capturing every nuance of these prehistoric giants in breathtaking " +
+   "clarity."],
+  ["Monster and candle",
+   "A close-up 3D animated scene of a short, fluffy monster kneeling beside a melting red candle. The monster " +
+   "has large, wide eyes and an open mouth, gazing at the flame with a look of wonder and curiosity. Its soft, " +
+   "fluffy fur contrasts with the warm, dramatic lighting that highlights every detail of its gentle, innocent " +
+   "expression. The pose conveys a sense of playfulness and exploration, as if the creature is discovering the " +
+   "world for the first time. The background features a cozy, warmly lit room with subtle hints of a fireplace " +
+   "and soft furnishings, enhancing the overall atmosphere. The use of warm colors and dramatic lighting " +
+   "creates a captivating and inviting scene."],
+  ["Pirate ships in coffee",
+   "A photorealistic closeup video of two pirate ships battling each other as they sail inside a steaming cup " +
+   "of coffee. The ships are intricately detailed, with wooden planks, sails flapping in the breeze, and " +
+   "cannons aimed at each other. The crew members, wearing authentic pirate attire, brandish swords and " +
+   "pistols, their expressions fierce and determined. The coffee foam creates a frothy, turbulent sea, with " +
+   "ripples and waves realistically depicted. The background is a blurred, warm brown coffee surface, with " +
+   "steam rising gently. The camera angle is slightly elevated, capturing the intense action from above."],
+  ["Paper airplanes",
+   "A vibrant illustration in a whimsical cartoon style depicting a flock of paper airplanes fluttering " +
+   "through a dense jungle. The airplanes, resembling small birds, weave gracefully around towering trees, " +
+   "their wings fluttering gently. The jungle is lush and vibrant, with a variety of exotic plants and " +
+   "colorful flowers. The airplanes seem to migrate through the forest, creating a mesmerizing aerial dance. " +
+   "The background is rich with detailed textures, including sunlight filtering through the canopy, casting " +
+   "dappled shadows on the ground. A dynamic overhead view capturing the mid-flight action of the airplanes."],
+];
+// The recent list's thumbnails get a fixed box, so the list does not jump as they load.
+const THUMBNAIL_WIDTH = 112;
+const THUMBNAIL_HEIGHT = 64;
+
 class ApiError extends Error {
   constructor(status, message) {
     super(message);
@@ -422,6 +460,7 @@ async function renderJobs() {
   }
   for (const job of jobs) {
     const item = document.createElement("li");
+    item.append(thumbnail(job));
     const prompt = document.createElement("span");
     prompt.className = "prompt";
     prompt.textContent = job.prompt;
@@ -449,6 +488,60 @@ async function renderJobs() {
     }
     list.append(item);
   }
+}
+
+// The first frame, sent with the key the way downloads are. Chunk 0 writes it: before that there
+// is none, and asking for it would answer 409, so an empty box of the same size stands in.
+function thumbnail(job) {
+  if (!job.chunks_completed) {
+    const empty = document.createElement("span");
+    empty.className = "thumb";
+    return empty;
+  }
+  const image = document.createElement("img");
+  image.className = "thumb";
+  image.loading = "lazy";  // set before src, or the browser has already started the download
+  image.width = THUMBNAIL_WIDTH;
+  image.height = THUMBNAIL_HEIGHT;
+  image.alt = "";  // the prompt next to it says what the video is
+  image.src = withKey(`/v1/videos/${job.id}/content?variant=thumbnail`);
+  return image;
+}
+
+// A random test model (the default, helios-tiny) makes noise, which looks like a broken server:
+// say so before anyone waits for a video. /ready needs no key, so this shows before one is typed.
+async function warnIfRandomModel() {
+  try {
+    const [ready, randomModels] = await Promise.all([
+      fetch("/ready").then((response) => response.json()),
+      fetch("/playground/random-models.json").then((response) => response.json()),
+    ]);
+    if (ready.status === "loading") {
+      setTimeout(warnIfRandomModel, 2000);
+      return;
+    }
+    const what = randomModels[ready.model];
+    if (what) {
+      $("model-warning").textContent = `${ready.model} is ${what}: its videos show noise, not the prompt. ` +
+        "For real videos, start the server with a released model (helios-distilled, helios-mid or helios-base).";
+      $("model-warning").hidden = false;
+    }
+  } catch (_) { /* without the warning the page still works */ }
+}
+
+function showExamples() {
+  $("examples").replaceChildren(...EXAMPLE_PROMPTS.map(([label, prompt]) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary example";
+    button.textContent = label;
+    button.title = prompt;
+    button.addEventListener("click", () => {
+      $("prompt").value = prompt;
+      $("prompt").focus();
+    });
+    return button;
+  }));
 }
 
 async function loadModels() {
@@ -485,6 +578,8 @@ document.addEventListener("DOMContentLoaded", () => {
   if (!window.MediaSource && !$("player").canPlayType("application/vnd.apple.mpegurl")) {
     showError("This browser can play neither Media Source Extensions nor HLS: download the videos instead.");
   }
+  showExamples();
+  warnIfRandomModel();
   loadModels();
   renderJobs();
 });
