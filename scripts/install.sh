@@ -3,8 +3,9 @@
 #
 #   scripts/install.sh            the package
 #   scripts/install.sh test       plus the test dependencies (pytest, Playwright, Ray, ...) and,
-#                                 when missing, Debian's chromium (browser tests) and ffmpeg
-#                                 (the HLS example), with apt-get
+#                                 when missing, Debian's chromium (browser tests), ffmpeg (the
+#                                 HLS example), postgresql (the job-store tests) and prometheus
+#                                 (promtool checks the deployment's config), with apt-get
 #
 # Versions: the exact ones CI tests (.ci/constraints-core.txt), so your environment is the
 # tested one. HELIOS_UNPINNED=1 installs setup.py's ranges instead.
@@ -46,6 +47,10 @@ if [ "$EXTRAS" = "test" ]; then
     missing=()
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+    # The job-store tests start a PostgreSQL server (Debian keeps its programs off PATH).
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 \
+        || missing+=(postgresql)
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)  # checks deploy/prometheus
     if [ ${#missing[@]} -gt 0 ]; then
         if ! command -v apt-get >/dev/null 2>&1; then
             echo "install.sh: the tests need ${missing[*]}; install them with your package manager" >&2
