@@ -25,6 +25,8 @@ MAX_STEPS = 1000
 MAX_SIDE = 8192
 MAX_PROMPT_CHARS = 20_000
 MAX_SCHEDULE_ENTRIES = 256
+EXAMPLE_PROMPT = "A red fox trots through fresh snow at sunrise, its breath steaming in the cold air"
+"""The prompt of the API reference's examples (a prompt schedule's first entry must repeat it)."""
 
 
 class PromptScheduleEntry(BaseModel):
@@ -42,13 +44,14 @@ PromptSchedule = Annotated[list[PromptScheduleEntry], Field(min_length=1, max_le
 
 
 def knob(default, help: str, kind: Any = None, low=None, high=None, extra: bool = False, choices: tuple = (),
-         flag: str | None = None):
+         flag: str | None = None, example: Any = None):
     """A setting of the schema. ``kind`` is its wire type (int, float, bool, str, or
     ``tuple[int, ...]``; None for values no wire format carries, the conditioning arrays);
     ``low``/``high`` bound it (each element of a tuple); ``extra`` lets it arrive inside
-    ``extra_params``; ``flag`` names its ``generate`` option when that differs from the field."""
+    ``extra_params``; ``flag`` names its ``generate`` option when that differs from the field;
+    ``example`` is a valid value the API reference (OpenAPI) shows."""
     return dataclasses.field(default=default, metadata=dict(help=help, kind=kind, low=low, high=high, extra=extra,
-                                                            choices=choices, flag=flag))
+                                                            choices=choices, flag=flag, example=example))
 
 
 @dataclass(frozen=True)
@@ -56,22 +59,23 @@ class VideoSamplingParams:
     """Settings of one video; None means the model variant's official default."""
 
     num_frames: int | None = knob(None, "frames to generate, 33 per chunk (the last chunk is trimmed to 4n+1)",
-                                  int, 1, MAX_FRAMES)
+                                  int, 1, MAX_FRAMES, example=99)
     height: int | None = knob(None, "height in pixels, a multiple of 16 (of 64 for the 3-stage pyramid models)",
-                              int, 16, MAX_SIDE)
+                              int, 16, MAX_SIDE, example=384)
     width: int | None = knob(None, "width in pixels, a multiple of 16 (of 64 for the 3-stage pyramid models)",
-                             int, 16, MAX_SIDE)
-    seed: int = knob(0, "random seed: the same seed and settings give the same video", int, 0, 2**63 - 1)
-    negative_prompt: str = knob("", "what to steer away from (with guidance > 1)", str, high=20_000)
+                             int, 16, MAX_SIDE, example=640)
+    seed: int = knob(0, "random seed: the same seed and settings give the same video", int, 0, 2**63 - 1,
+                     example=42)
+    negative_prompt: str = knob("", "what to steer away from (with guidance > 1)", str, high=20_000,
+                                 example="blurry, low quality, distorted, static")
     guidance_scale: float | None = knob(None, "classifier-free guidance scale; 1 runs no unconditional row",
-                                        float, 0, 50)
+                                        float, 0, 50, example=5.0)
     num_inference_steps: int | None = knob(
         None, "steps of the single-stage sampler, or of every pyramid stage when no list is given",
-        int, 1, MAX_STEPS, flag="--steps")
+        int, 1, MAX_STEPS, flag="--steps", example=30)
     pyramid_num_inference_steps_list: tuple[int, ...] | None = knob(
         None, "steps per pyramid stage, one entry per stage (comma-separated on the command line)",
-        tuple[int, ...], 1, MAX_STEPS, extra=True,
-        flag="--pyramid-steps")
+        tuple[int, ...], 1, MAX_STEPS, extra=True, flag="--pyramid-steps", example=[2, 2, 2])
     image: Any = knob(None, "uint8 [H, W, 3] image to start from (image-to-video)")
     video: Any = knob(None, "uint8 [T, H, W, 3] video to continue (video-to-video), at least 33 frames")
     video_skipped_frames: int = knob(
@@ -80,21 +84,35 @@ class VideoSamplingParams:
     prompt_schedule: tuple[PromptSwitch, ...] | None = knob(
         None, "prompts over time, a list of {from_chunk, prompt, transition_chunks} ordered by chunk: the first "
               "entry (from chunk 0) is the request's prompt; from chunk k a later entry's prompt is followed, "
-              "blended in linearly over transition_chunks chunks", PromptSchedule)
-    fps: int | None = knob(None, "frame rate of the output video (and of a real-time stream)", int, 1, 120)
-    use_cfg_zero_star: bool | None = knob(None, "CFG-Zero* guidance (the Mid model's recipe)", bool, extra=True)
-    use_zero_init: bool = knob(True, "CFG-Zero*: zero the velocity of the first steps", bool, extra=True)
-    zero_steps: int = knob(1, "CFG-Zero*: how many first steps are zeroed", int, 0, MAX_STEPS, extra=True)
-    is_amplify_first_chunk: bool | None = knob(None, "DMD: double the first chunk's steps", bool, extra=True)
-    is_skip_first_chunk: bool = knob(False, "drop the first chunk from the output", bool, extra=True)
-    add_noise_to_image_latents: bool = knob(True, "noise the image latents of the history", bool, extra=True)
-    add_noise_to_video_latents: bool = knob(True, "noise the video latents of the history", bool, extra=True)
-    image_noise_sigma_min: float = knob(0.111, "lowest sigma of the image history noise", float, 0, 1, extra=True)
-    image_noise_sigma_max: float = knob(0.135, "highest sigma of the image history noise", float, 0, 1, extra=True)
-    video_noise_sigma_min: float = knob(0.111, "lowest sigma of the video history noise", float, 0, 1, extra=True)
-    video_noise_sigma_max: float = knob(0.135, "highest sigma of the video history noise", float, 0, 1, extra=True)
+              "blended in linearly over transition_chunks chunks", PromptSchedule,
+        example=[{"from_chunk": 0, "prompt": EXAMPLE_PROMPT},
+                 {"from_chunk": 2, "prompt": "The fox leaps into a snowdrift", "transition_chunks": 1}])
+    fps: int | None = knob(None, "frame rate of the output video (and of a real-time stream)", int, 1, 120,
+                            example=24)
+    use_cfg_zero_star: bool | None = knob(None, "CFG-Zero* guidance (the Mid model's recipe)", bool, extra=True,
+                                           example=True)
+    use_zero_init: bool = knob(True, "CFG-Zero*: zero the velocity of the first steps", bool, extra=True,
+                               example=True)
+    zero_steps: int = knob(1, "CFG-Zero*: how many first steps are zeroed", int, 0, MAX_STEPS, extra=True,
+                           example=1)
+    is_amplify_first_chunk: bool | None = knob(None, "DMD: double the first chunk's steps", bool, extra=True,
+                                                example=True)
+    is_skip_first_chunk: bool = knob(False, "drop the first chunk from the output", bool, extra=True,
+                                     example=False)
+    add_noise_to_image_latents: bool = knob(True, "noise the image latents of the history", bool, extra=True,
+                                            example=True)
+    add_noise_to_video_latents: bool = knob(True, "noise the video latents of the history", bool, extra=True,
+                                            example=True)
+    image_noise_sigma_min: float = knob(0.111, "lowest sigma of the image history noise", float, 0, 1, extra=True,
+                                        example=0.111)
+    image_noise_sigma_max: float = knob(0.135, "highest sigma of the image history noise", float, 0, 1, extra=True,
+                                        example=0.135)
+    video_noise_sigma_min: float = knob(0.111, "lowest sigma of the video history noise", float, 0, 1, extra=True,
+                                        example=0.111)
+    video_noise_sigma_max: float = knob(0.135, "highest sigma of the video history noise", float, 0, 1, extra=True,
+                                        example=0.135)
     decoder: str | None = knob(None, "latent decoder (default: the VAE when the model has one, else preview)",
-                               str, choices=("vae", "preview"))
+                               str, choices=("vae", "preview"), example="vae")
 
     def with_updates(self, **changes) -> VideoSamplingParams:
         return replace(self, **changes)
@@ -260,7 +278,8 @@ def pydantic_field(name: str, ranges: bool = True):
         value = Annotated[number, Field(ge=low, le=high, allow_inf_nan=False), BeforeValidator(_not_bool)]
         if kind == tuple[int, ...]:
             value = Annotated[tuple[value, ...], Field(min_length=1, max_length=8)]
-    return value | None, Field(None, description=meta["help"])
+    examples = [meta["example"]] if meta["example"] is not None else None
+    return value | None, Field(None, description=meta["help"], examples=examples)
 
 
 @cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
@@ -12,6 +12,7 @@ from ...jobs.manager import JobManager
 from ...jobs.status import JobStatus
 from ...jobs.store import JobRecord
 from ...sampling_params import (
+    EXAMPLE_PROMPT,
     EXTRA_PARAM_FIELDS,
     MAX_FRAMES,
     MAX_PROMPT_CHARS,
@@ -23,39 +24,73 @@ from .errors import public_message
 
 SIZE_PATTERN = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 DEFAULT_FPS = 24
+BASE64_PATTERN = r"^(data:[\w.+-]+/[\w.+-]+;base64,)?[A-Za-z0-9+/]*={0,2}$"
+"""A base64 data URL or bare base64 (body.py's decode_base64 reads them): documentation only."""
+EXAMPLE_IMAGE = ("data:image/png;base64,"
+                 "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mM4EaABAAMkAUEj5ExoAAAAAElFTkSuQmCC")
+"""A 1x1 PNG: the API reference's example of an image given inline."""
+EXAMPLE_VIDEO = "data:video/mp4;base64,AAAAIGZ0eXBpc29tAAACAGlzb21pc28y"
+"""The start of an MP4 (its ftyp box): the form of a video given inline (a real one is longer)."""
 BODY_ONLY_AS_SIZE = ("height", "width")
 """Schema fields a body gives as ``size`` (OpenAI's WIDTHxHEIGHT) instead."""
+# Types whose schema says which values they take, for the reference only: the validators of
+# VideoCreateRequest check them (with their own messages).
+SizeText = Annotated[str, Field(json_schema_extra={"pattern": SIZE_PATTERN.pattern})]
+Base64Text = Annotated[str, Field(json_schema_extra={"pattern": BASE64_PATTERN})]
+ExtraParams = Annotated[dict, Field(json_schema_extra={"propertyNames": {"enum": sorted(EXTRA_PARAM_FIELDS)}})]
 
 
 class _CreateFields(BaseModel):
-    """POST /v1/videos fields that are not video settings: OpenAI's, plus scheduling."""
+    """POST /v1/videos fields that are not video settings: OpenAI's, plus scheduling.
+
+    ``examples`` only document (the OpenAPI schema), as do the patterns and keys of SizeText,
+    Base64Text and ExtraParams: the validators decide what is accepted."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=20_000, description="what the video shows")
-    model: str | None = Field(default=None, description="the served model's name (optional)")
+    prompt: str = Field(min_length=1, max_length=20_000, description="what the video shows",
+                        examples=[EXAMPLE_PROMPT])
+    model: str | None = Field(default=None, description="the served model's name, as GET /v1/models lists it "
+                                                        "(optional; another name answers 404)",
+                              examples=["helios-distilled"])
     seconds: float | None = Field(default=None, gt=0, le=MAX_FRAMES / 24,
-                                  description='length in seconds (OpenAI sends a string such as "4"), at fps')
-    size: str | None = Field(default=None, description='WIDTHxHEIGHT in pixels, e.g. "640x384"')
-    priority: int = Field(default=0, ge=-100, le=100, description="lower runs first (the 'priority' policy)")
+                                  description='length in seconds (OpenAI sends a string such as "4"), at fps; '
+                                              "not with num_frames",
+                                  examples=[4])
+    size: SizeText | None = Field(default=None, examples=["640x384"],
+                                  description='WIDTHxHEIGHT in pixels, e.g. "640x384"; each side a multiple of 16 '
+                                              "(of 64 for the 3-stage pyramid models)")
+    priority: int = Field(default=0, ge=-100, le=100, description="lower runs first (the 'priority' policy)",
+                          examples=[0])
     realtime: bool = Field(default=False, description="real-time playback at fps: chunk k is due k * 33 / fps "
-                                                      "seconds after the first")
+                                                      "seconds after the first",
+                           examples=[True])
     pace_to_media_time: bool = Field(default=False, description="realtime only: generate at most "
-                                     "pacing_lead_seconds ahead of the client's playback (vLLM-Omni's pacing)")
+                                     "pacing_lead_seconds ahead of the client's playback (vLLM-Omni's pacing)",
+                                     examples=[True])
     pacing_lead_seconds: float = Field(default=2.0, gt=0, le=60, description="paced stream: how far generation may "
-                                                                             "run ahead of playback, in seconds")
+                                                                             "run ahead of playback, in seconds",
+                                       examples=[2.0])
     pacing_max_lag_seconds: float = Field(default=5.0, gt=0, le=600,
                                           description="paced stream: a chunk later than this restarts the playback "
-                                                      "clock from it (the player stalled)")
+                                                      "clock from it (the player stalled)",
+                                          examples=[5.0])
     keep: bool = Field(default=False, description="live stream (realtime without num_frames or seconds): keep every "
-                                                  "segment and build the final MP4 (up to the server's size limit)")
-    input_reference: str | None = Field(default=None, description="image to start from (image-to-video): an "
-                                                                   "upload in multipart, a base64 data URL in JSON")
-    video_reference: str | None = Field(default=None, description="video to continue (video-to-video): an "
-                                                                  "upload in multipart, a base64 data URL in JSON")
-    user: str | None = Field(default=None, max_length=256, description="an end-user id, for your records")
-    extra_params: dict | None = Field(default=None, description="vLLM-Omni style extras; only the Helios "
-                                                                "settings marked for it are accepted")
+                                                  "segment and build the final MP4 (up to the server's size limit)",
+                       examples=[True])
+    input_reference: Base64Text | None = Field(default=None, examples=[EXAMPLE_IMAGE],
+                                               description="image to start from (image-to-video): an upload in "
+                                                           "multipart, a base64 data URL in JSON; not with "
+                                                           "video_reference")
+    video_reference: Base64Text | None = Field(default=None, examples=[EXAMPLE_VIDEO],
+                                               description="video to continue (video-to-video): an upload in "
+                                                           "multipart, a base64 data URL in JSON")
+    user: str | None = Field(default=None, max_length=256, description="an end-user id, for your records",
+                             examples=["user-1234"])
+    extra_params: ExtraParams | None = Field(default=None, examples=[{"use_cfg_zero_star": True, "zero_steps": 1}],
+                                             description="vLLM-Omni style extras; only the Helios settings marked "
+                                                         "for it are accepted (the keys listed), each checked as "
+                                                         "the field of that name")
 
 
 _SETTINGS = {name: pydantic_field(name) for name in WIRE_FIELDS if name not in BODY_ONLY_AS_SIZE}
@@ -142,9 +177,11 @@ class VideoPromptRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what the video shows from then on")
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="what the video shows from then on",
+                        examples=["The fox leaps into a snowdrift"])
     transition_chunks: int = Field(default=0, ge=0, le=1000, description="chunks over which the text conditioning "
-                                                                          "moves linearly to the new prompt")
+                                                                          "moves linearly to the new prompt",
+                                   examples=[1])
 
 
 class VideoExtendRequest(BaseModel):
@@ -153,15 +190,20 @@ class VideoExtendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS,
-                               description="what the continuation shows (default: the video's last prompt)")
+                               description="what the continuation shows (default: the video's last prompt)",
+                               examples=["A storm rolls in over the snowy field"])
     seconds: float | None = Field(default=None, gt=0, le=MAX_FRAMES / 24,
-                                  description="how much to add, in seconds at the video's fps")
-    num_frames: int | None = Field(default=None, ge=1, le=MAX_FRAMES, description="how much to add, in frames")
+                                  description="how much to add, in seconds at the video's fps; not with num_frames",
+                                  examples=[4])
+    num_frames: int | None = Field(default=None, ge=1, le=MAX_FRAMES, description="how much to add, in frames",
+                                   examples=[66])
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
                              description="a new seed for the continuation (default: the video's random stream "
-                                         "goes on, exactly as in one longer video)")
+                                         "goes on, exactly as in one longer video)",
+                             examples=[7])
     transition_chunks: int = Field(default=0, ge=0, le=1000, description="chunks over which the text conditioning "
-                                                                          "moves linearly to the new prompt")
+                                                                          "moves linearly to the new prompt",
+                                   examples=[1])
 
     @model_validator(mode="after")
     def _length(self) -> VideoExtendRequest:
