@@ -69,42 +69,55 @@ def test_a_restarted_or_long_silent_replica_instance_is_dead_and_its_jobs_are_or
 
 
 def test_metrics_are_merged_per_replica_and_in_total():
-    text = """# HELP helios_frames Frames generated.
-# TYPE helios_frames counter
-helios_frames_total {frames}
-helios_frames_created 1.7e9
-# HELP helios_queue_depth Waiting requests.
-# TYPE helios_queue_depth gauge
-helios_queue_depth {waiting}
-# HELP helios_ttfc_seconds Time to first chunk.
-# TYPE helios_ttfc_seconds histogram
-helios_ttfc_seconds_bucket{{le="1.0"}} {fast}
-helios_ttfc_seconds_bucket{{le="+Inf"}} 3.0
-helios_ttfc_seconds_count 3.0
-helios_ttfc_seconds_sum {total}
-# HELP helios_model_flops_per_second Achieved FLOP/s.
-# TYPE helios_model_flops_per_second gauge
-helios_model_flops_per_second {achieved}
-# HELP helios_device_peak_flops Peak FLOP/s.
-# TYPE helios_device_peak_flops gauge
-helios_device_peak_flops 100.0
-# HELP helios_model_flops_utilization MFU.
-# TYPE helios_model_flops_utilization gauge
-helios_model_flops_utilization {mfu}
+    text = """# HELP helios:frames_generated Frames generated.
+# TYPE helios:frames_generated counter
+helios:frames_generated_total{{model_name="m"}} {frames}
+helios:frames_generated_created{{model_name="m"}} 1.7e9
+# HELP helios:num_requests_waiting Waiting requests.
+# TYPE helios:num_requests_waiting gauge
+helios:num_requests_waiting{{model_name="m"}} {waiting}
+# HELP helios:time_to_first_chunk_seconds Time to first chunk.
+# TYPE helios:time_to_first_chunk_seconds histogram
+helios:time_to_first_chunk_seconds_bucket{{le="1.0",model_name="m"}} {fast}
+helios:time_to_first_chunk_seconds_bucket{{le="+Inf",model_name="m"}} 3.0
+helios:time_to_first_chunk_seconds_count{{model_name="m"}} 3.0
+helios:time_to_first_chunk_seconds_sum{{model_name="m"}} {total}
+# HELP helios:model_flops_per_second Achieved FLOP/s.
+# TYPE helios:model_flops_per_second gauge
+helios:model_flops_per_second{{model_name="m"}} {achieved}
+# HELP helios:device_peak_flops Peak FLOP/s.
+# TYPE helios:device_peak_flops gauge
+helios:device_peak_flops{{model_name="m"}} 100.0
+# HELP helios:model_flops_utilization MFU.
+# TYPE helios:model_flops_utilization gauge
+helios:model_flops_utilization{{model_name="m"}} {mfu}
+# HELP process_resident_memory_bytes Resident memory size in bytes.
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes {rss}
+# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds {start}
 """
-    merged = merge_metrics({"replica-0": text.format(frames=99, waiting=1, fast=1, total=2.5, achieved=60, mfu=0.6),
-                            "replica-1": text.format(frames=33, waiting=4, fast=2, total=1.5, achieved=20, mfu=0.2)})
+    merged = merge_metrics({
+        "replica-0": text.format(frames=99, waiting=1, fast=1, total=2.5, achieved=60, mfu=0.6, rss=5e8, start=1.7e9),
+        "replica-1": text.format(frames=33, waiting=4, fast=2, total=1.5, achieved=20, mfu=0.2, rss=7e8, start=1.8e9),
+    })
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(merged) for s in family.samples}
-    assert samples[("helios_frames_total", ())] == 132
-    assert samples[("helios_frames_total", (("replica", "replica-1"),))] == 33
-    assert samples[("helios_queue_depth", ())] == 5
-    assert samples[("helios_ttfc_seconds_bucket", (("le", "1.0"),))] == 3
-    assert samples[("helios_ttfc_seconds_bucket", (("le", "1.0"), ("replica", "replica-0")))] == 1
-    assert samples[("helios_ttfc_seconds_sum", ())] == 4.0
+    m = ("model_name", "m")
+    assert samples[("helios:frames_generated_total", (m,))] == 132
+    assert samples[("helios:frames_generated_total", (m, ("replica", "replica-1")))] == 33
+    assert samples[("helios:num_requests_waiting", (m,))] == 5
+    assert samples[("helios:time_to_first_chunk_seconds_bucket", (("le", "1.0"), m))] == 3
+    assert samples[("helios:time_to_first_chunk_seconds_bucket", (("le", "1.0"), m, ("replica", "replica-0")))] == 1
+    assert samples[("helios:time_to_first_chunk_seconds_sum", (m,))] == 4.0
     assert not any(name.endswith("_created") for name, _ in samples)
-    assert samples[("helios_model_flops_per_second", ())] == 80
-    assert samples[("helios_model_flops_utilization", ())] == pytest.approx(0.4)  # 80 of 200, not 0.6 + 0.2
+    assert samples[("helios:model_flops_per_second", (m,))] == 80
+    assert samples[("helios:model_flops_utilization", (m,))] == pytest.approx(0.4)  # 80 of 200, not 0.6 + 0.2
+    assert samples[("process_resident_memory_bytes", ())] == 1.2e9  # the cluster's memory
+    # A start time has no total (a sum of two would be a date 50 years on), only each replica's.
+    assert ("process_start_time_seconds", ()) not in samples
+    assert samples[("process_start_time_seconds", (("replica", "replica-1"),))] == 1.8e9
 
 
 def test_a_create_sent_again_with_the_ingress_job_id_is_not_made_twice(tmp_path):

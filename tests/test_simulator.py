@@ -136,6 +136,6 @@ def test_a_server_runs_on_a_simulated_h100(tmp_path):
         content = httpx.get(f"{server.api}/videos/{video_id}/content", timeout=30)
         assert content.status_code == 200 and content.content[4:8] == b"ftyp"
         metrics = httpx.get(f"{server.url}/metrics").text
-        assert "helios_device_peak_flops 9.89e+14" in metrics
+        assert 'helios:device_peak_flops{model_name="helios-distilled"} 9.89e+14' in metrics
     finally:
         server.stop()

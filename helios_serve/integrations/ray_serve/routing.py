@@ -87,13 +87,15 @@ def orphaned_jobs(active_jobs: list[tuple[str, str | None]], replicas: list[Repl
 
 # Gauges whose total is a ratio of two summed gauges, not a sum: the cluster's utilisation is
 # its achieved FLOP/s over its peak.
-RATIO_GAUGES = {"helios_model_flops_utilization": ("helios_model_flops_per_second", "helios_device_peak_flops")}
+RATIO_GAUGES = {"helios:model_flops_utilization": ("helios:model_flops_per_second", "helios:device_peak_flops")}
+# Families whose sum over replicas means nothing (a start time, a limit, a version): per replica only.
+PER_REPLICA_ONLY = {"process_start_time_seconds", "process_max_fds", "python_info"}
 
 
 def merge_metrics(texts: dict[str, str]) -> str:
     """Prometheus exposition of several replicas: each series with a ``replica`` label, and the
     sum over replicas without it (counters, gauges, histogram buckets and sums add up; the
-    RATIO_GAUGES are recomputed from their summed parts)."""
+    RATIO_GAUGES are recomputed from their summed parts; PER_REPLICA_ONLY have no total)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     families: dict[str, tuple[str, str, str]] = {}
@@ -109,16 +111,23 @@ def merge_metrics(texts: dict[str, str]) -> str:
                     continue
                 labels = tuple(sorted(sample.labels.items()))
                 per_replica[family.name].append(_sample_line(sample.name, (("replica", slot), *labels), sample.value))
-                totals[family.name][(sample.name, labels)] += sample.value
-    for ratio, (numerator, denominator) in RATIO_GAUGES.items():
-        if ratio in totals and totals[denominator].get((denominator, ())):
-            totals[ratio][(ratio, ())] = totals[numerator][(numerator, ())] / totals[denominator][(denominator, ())]
+                if family.name not in PER_REPLICA_ONLY:
+                    totals[family.name][(sample.name, labels)] += sample.value
+    for ratio, parts in RATIO_GAUGES.items():
+        totals[ratio] = _ratio_totals(ratio, *(totals[part] for part in parts))
     lines = []
     for family, (name, kind, documentation) in families.items():
         lines += [f"# HELP {name} {documentation}", f"# TYPE {name} {kind}"]
         lines += [_sample_line(sample, labels, value) for (sample, labels), value in totals[family].items()]
         lines += per_replica[family]
     return "\n".join(lines) + "\n"
+
+
+def _ratio_totals(ratio: str, numerators: dict[tuple, float], denominators: dict[tuple, float]) -> dict[tuple, float]:
+    """numerator / denominator for each label set (model_name) both have; keyed like ``totals``."""
+    numerator = {labels: value for (_, labels), value in numerators.items()}
+    return {(ratio, labels): numerator.get(labels, 0.0) / value
+            for (_, labels), value in denominators.items() if value}
 
 
 def _sample_line(name: str, labels: tuple, value: float) -> str:
