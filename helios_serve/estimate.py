@@ -389,19 +389,7 @@ def _realtime_hint(result: dict) -> list[str]:
 
 def run_estimate(args) -> int:
     """The CLI command (arguments from cli.py)."""
-    from .model_executor.checkpoint import MODEL_ALIASES, official_variant, read_variant, resolve_model
-
-    if args.model in MODEL_ALIASES:
-        model, variant = ModelCosts(), official_variant(args.model.removeprefix("helios-"))
-    else:
-        root = resolve_model(args.model)
-        if isinstance(root, str):
-            raise ValueError(f"estimate needs a released model or a checkpoint; {args.model} is built in and tiny")
-        try:
-            model = ModelCosts.from_checkpoint(root)
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read {root} as a Helios checkpoint: {exc}") from None
-        variant = read_variant(root)
+    model, variant = model_costs_and_recipe(args.model, args.download_dir, args.revision)
     steps = tuple(variant.default_steps) if args.steps is None else _parse_steps(args.steps, len(variant.default_steps))
     guidance = variant.default_guidance_scale if args.guidance_scale is None else args.guidance_scale
     amplify = variant.default_amplify_first_chunk and not args.no_amplify
@@ -422,6 +410,35 @@ def run_estimate(args) -> int:
                       args.vae_gpu)
     print(json.dumps(result, indent=2) if args.json else format_report(result, args.streams > 1))
     return 0
+
+
+def model_costs_and_recipe(name: str, download_dir: str | None = None, revision: str | None = None):
+    """(ModelCosts, ModelVariant) of a model named as every command names it (resolve_model)."""
+    from .model_executor.checkpoint import (
+        MODEL_ALIASES,
+        RANDOM_MODEL,
+        TINY_MODELS,
+        official_variant,
+        read_variant,
+        resolve_model,
+    )
+
+    alias = {repo_id: alias for alias, repo_id in MODEL_ALIASES.items()}.get(name, name)
+    # The released models' figures come from their published configs: no 80 GB download to count FLOPs.
+    if alias in MODEL_ALIASES:
+        return ModelCosts(), official_variant(alias.removeprefix("helios-"))
+    if name == RANDOM_MODEL:  # the released architecture with random weights, sampled like Distilled
+        return ModelCosts(), official_variant("distilled")
+    if name in TINY_MODELS:
+        raise ValueError(f"{name} is a tiny test model: its GPU figures would say nothing. estimate takes "
+                         f"helios-base|mid|distilled, {RANDOM_MODEL} (the released architecture), a Hugging Face "
+                         f"repo id or a checkpoint directory")
+    root = Path(resolve_model(name, download_dir, revision))
+    try:
+        model = ModelCosts.from_checkpoint(root)
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {root} as a Helios checkpoint: {exc}") from None
+    return model, read_variant(root)
 
 
 def _parse_steps(text: str, stages: int) -> tuple[int, ...]:

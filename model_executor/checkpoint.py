@@ -1,14 +1,17 @@
 """Finding a Helios checkpoint by name and reading which variant it is (spec §1.2, §1.3).
 
-A name is one of: the built-in ``helios-tiny``; an alias (``helios-base``, ``helios-mid``,
-``helios-distilled``) for the released Hugging Face repos; a repo id already in the local
-Hugging Face cache; or a local directory in diffusers format.
+A name is one of: a built-in (``helios-tiny``, ``helios-tiny-mid``, ``helios-tiny-base``,
+``helios-distilled-random``); an alias (``helios-base``, ``helios-mid``, ``helios-distilled``) for
+the released Hugging Face repos; a Hugging Face repo id, taken from the local cache or downloaded
+into it (only the files loading reads); or a local directory in diffusers format.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +27,17 @@ MODEL_ALIASES = {
     "helios-mid": "BestWishYsh/Helios-Mid",
     "helios-distilled": "BestWishYsh/Helios-Distilled",
 }
+CHECKPOINT_COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
+CHECKPOINT_FILES = (
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    *(f"{component}/*.{kind}" for component in ("text_encoder", "transformer", "vae")
+      for kind in ("json", "safetensors")),
+)
+"""What loading a diffusers Helios checkpoint reads (snapshot_download's allow_patterns). The
+released repos hold more that is never loaded: transformer_init/ or transformer_ode/ (training
+stages' weights, as large as transformer/), guider/, modular_model_index.json."""
 PIPELINE_CLASSES = ("HeliosPipeline", "HeliosPyramidPipeline")
 SCHEDULER_KINDS = {"HeliosScheduler": None, "HeliosDMDScheduler": "dmd"}
 
@@ -138,30 +152,122 @@ def read_variant(root: Path) -> ModelVariant:
     return variant_from_configs(load(root / "model_index.json"), load(root / "scheduler" / "scheduler_config.json"))
 
 
-def resolve_model(name: str, cache_dir: str | None = None) -> str | Path:
-    """One of BUILTIN_MODELS, or the directory of a diffusers-format checkpoint.
+def resolve_model(name: str, download_dir: str | None = None, revision: str | None = None) -> str | Path:
+    """One of BUILTIN_MODELS, or the directory of a diffusers-format checkpoint: a local folder, or
+    the Hugging Face snapshot of an alias or repo id, downloaded when the cache lacks it.
 
-    ``cache_dir`` is the Hugging Face hub cache (default: HF_HUB_CACHE / HF_HOME); nothing is
-    downloaded, only an existing snapshot is used.
+    Every command and the loader of every replica call this, so they accept the same names.
+    ``download_dir`` is the Hugging Face hub cache (default: HF_HUB_CACHE, else HF_HOME/hub) and
+    ``revision`` a branch, tag or commit (default: main). A snapshot already in the cache is used
+    without asking the Hub, so a restart never waits on the network; HF_HUB_OFFLINE=1 forbids the
+    download, as in vLLM.
     """
     if name in BUILTIN_MODELS:
         return name
-    repo_id = MODEL_ALIASES.get(name, name)
     local = Path(os.path.expanduser(name))
     if local.is_dir():
         if not (local / "model_index.json").is_file():
             raise ModelNotFoundError(f"{local} is a directory but not a diffusers checkpoint (no model_index.json)")
         return local
-    looked = [f"no local directory {local}"]
-    if repo_id.count("/") == 1:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
+    repo_id = MODEL_ALIASES.get(name, name)
+    if not is_repo_id(repo_id):
+        # A typo of a built-in name lands here: it is never sent to the Hub.
+        known = ", ".join([*BUILTIN_MODELS, *MODEL_ALIASES])
+        raise ModelNotFoundError(f"model {name!r} not found: no local directory {local}, and not a Hugging Face "
+                                 f"repo id like Org/Name (built-in names: {known})")
+    snapshot = cached_snapshot(repo_id, download_dir, revision)
+    return snapshot if snapshot is not None else download_snapshot(name, repo_id, download_dir, revision)
 
-        from huggingface_hub import constants
 
-        try:
-            return Path(snapshot_download(repo_id=repo_id, local_files_only=True, cache_dir=cache_dir))
-        except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-            looked.append(f"{repo_id} not in the Hugging Face cache {cache_dir or constants.HF_HUB_CACHE}")
-    known = ", ".join([*BUILTIN_MODELS, *MODEL_ALIASES])
-    raise ModelNotFoundError(f"model {name!r} not found: {'; '.join(looked)} (built-in names: {known})")
+def is_repo_id(text: str) -> bool:
+    if text.count("/") != 1:
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return True
+
+
+def cached_snapshot(repo_id: str, download_dir: str | None = None, revision: str | None = None) -> Path | None:
+    """The cache's complete snapshot of ``repo_id`` at ``revision``, or None; never uses the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=download_dir,
+                                        allow_patterns=list(CHECKPOINT_FILES), local_files_only=True))
+    except LocalEntryNotFoundError:  # also a snapshot the cached file listing shows incomplete
+        return None
+    return folder if _has_components(folder) else None
+
+
+def _has_components(folder: Path) -> bool:
+    """model_index.json and a folder for each Helios component it names: an interrupted download,
+    or another tool's fetch of the index alone, is not a checkpoint yet."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all((folder / component).is_dir() for component in CHECKPOINT_COMPONENTS if index.get(component))
+
+
+def download_snapshot(name: str, repo_id: str, download_dir: str | None = None, revision: str | None = None) -> Path:
+    """Download the CHECKPOINT_FILES of ``repo_id`` into the Hugging Face cache, with huggingface_hub's
+    progress bars on stderr. Any failure is one line that ends with the command that fetches it."""
+    from huggingface_hub import constants, snapshot_download
+
+    cache = download_dir or constants.HF_HUB_CACHE
+    wanted = repo_id + (f" at revision {revision}" if revision else "")
+    described = wanted if name == repo_id else f"model {name!r} ({wanted})"
+    fetch = download_command(repo_id, download_dir, revision)
+    if constants.HF_HUB_OFFLINE:
+        # The same shell still has the variable set: the command must lift it to work as printed.
+        raise ModelNotFoundError(f"{described} is not in the Hugging Face cache {cache}, and HF_HUB_OFFLINE=1 "
+                                 f"forbids downloading it; fetch it with: HF_HUB_OFFLINE=0 {fetch}")
+    print(f"downloading {wanted} from {constants.ENDPOINT} into {cache} (only the files a Helios checkpoint "
+          f"loads: about 80 GB for the released 14B models)", file=sys.stderr, flush=True)
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=download_dir,
+                                        allow_patterns=list(CHECKPOINT_FILES)))
+    except Exception as exc:  # HTTP, connection or disk: every one is reported the same way
+        raise ModelNotFoundError(f"cannot download {described} from {constants.ENDPOINT}: {_download_failure(exc)}; "
+                                 f"fetch it with: {fetch}") from exc
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFoundError(f"{wanted} is not a diffusers checkpoint: it has no model_index.json")
+    return folder
+
+
+def download_command(repo_id: str, download_dir: str | None = None, revision: str | None = None) -> str:
+    """The shell command that fetches what download_snapshot would. huggingface_hub 1.0 and newer
+    (setup.py requires it) ships ``hf``; its ``huggingface-cli`` only says it no longer works."""
+    words = ["hf", "download", repo_id]
+    for pattern in CHECKPOINT_FILES:
+        words += ["--include", pattern]
+    if revision:
+        words += ["--revision", revision]
+    if download_dir:
+        words += ["--cache-dir", download_dir]
+    return shlex.join(words)
+
+
+def _download_failure(exc: Exception) -> str:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(exc, GatedRepoError):
+        return "the repository is gated: accept its terms on the Hub, then log in (hf auth login, or set HF_TOKEN)"
+    if isinstance(exc, RepositoryNotFoundError):
+        return "no such repository (a private one needs hf auth login, or HF_TOKEN)"
+    if isinstance(exc, RevisionNotFoundError):
+        return "the repository has no such revision"
+    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # the Hub was unreachable: say why, not that the cache lacks it too
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -91,7 +91,7 @@ class ModelRunner:
         self._rotary_tables: dict[RotaryGeometry, RotaryTable] = {}
 
     def _load(self, config: RunnerConfig) -> tuple[ModelVariant, HeliosTransformer, object, WanVAE | None]:
-        location = resolve_model(config.model)
+        location = resolve_model(config.model, config.download_dir, config.revision)
         if location in TINY_MODELS:
             from .models.tiny import tiny_text_encoder, tiny_variant
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import TRANSFORMER_PRESETS
+from .checkpoint import RANDOM_MODEL, TINY_MODELS, resolve_model
 from .models.helios_transformer import HeliosTransformer
 
 # Relative temporal positions of the history layout [anchor | long 16 | mid 2 | last | noisy 9] (spec §2.3).
@@ -43,13 +44,20 @@ class SmokeReport:
         )
 
 
-def load_model(name: str, dtype: torch.dtype, device: str, seed: int = 0) -> HeliosTransformer:
-    """A preset (random weights from ``seed``) or a diffusers-format transformer folder."""
-    if name in TRANSFORMER_PRESETS:
-        return HeliosTransformer.from_preset(name, seed=seed, dtype=dtype, device=device)
-    if Path(name).exists():
-        return HeliosTransformer.from_pretrained(name, dtype=dtype, device=device)
-    raise ValueError(f"model {name!r} is neither a preset ({', '.join(TRANSFORMER_PRESETS)}) nor an existing folder")
+def load_model(name: str, dtype: torch.dtype, device: str, seed: int = 0, download_dir: str | None = None,
+               revision: str | None = None) -> HeliosTransformer:
+    """The transformer of any model ``serve`` takes (resolve_model: a built-in has random weights from
+    ``seed``; an alias or repo id is downloaded when the cache lacks it), or of a transformer folder
+    alone (its config.json and weights, as diffusers saves one)."""
+    folder = Path(os.path.expanduser(name))
+    if (folder / "config.json").is_file() and not (folder / "model_index.json").is_file():
+        return HeliosTransformer.from_pretrained(folder, dtype=dtype, device=device)
+    location = resolve_model(name, download_dir, revision)
+    if location in TINY_MODELS:
+        return HeliosTransformer.from_preset("helios-tiny", seed=seed, dtype=dtype, device=device)
+    if location == RANDOM_MODEL:
+        return HeliosTransformer.from_preset("helios-14b", seed=seed, dtype=dtype, device=device)
+    return HeliosTransformer.from_pretrained(Path(location) / "transformer", dtype=dtype, device=device)
 
 
 def chunk_inputs(model: HeliosTransformer, latent_height: int, latent_width: int, seed: int, device, dtype) -> dict:
@@ -75,12 +83,13 @@ def chunk_inputs(model: HeliosTransformer, latent_height: int, latent_width: int
 
 
 def run_smoke_check(
-    model_name: str, height: int, width: int, dtype: str | None, device: str | None, repeats: int, seed: int
+    model_name: str, height: int, width: int, dtype: str | None, device: str | None, repeats: int, seed: int,
+    download_dir: str | None = None, revision: str | None = None,
 ) -> SmokeReport:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     started = time.perf_counter()
-    model = load_model(model_name, torch_dtype, device, seed)
+    model = load_model(model_name, torch_dtype, device, seed, download_dir, revision)
     load_seconds = time.perf_counter() - started
     inputs = chunk_inputs(model, height // 8, width // 8, seed, device, torch_dtype)
     timings = []

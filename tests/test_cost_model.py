@@ -177,7 +177,7 @@ def test_estimate_command_prints_json_and_a_report():
 @pytest.mark.parametrize("args, message", [
     (("--steps", "1,1"), "--steps needs 3"),
     (("--mfu", "1.5"), "--mfu must be in"),
-    (("--model", "helios-tiny"), "built in and tiny"),
+    (("--model", "helios-tiny"), "is a tiny test model"),
     (("--height", "100"), "multiples of 64"),
 ])
 def test_estimate_command_rejects_bad_values_in_one_line(args, message):

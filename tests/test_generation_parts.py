@@ -22,15 +22,18 @@ def test_alias_resolves_from_the_hugging_face_cache(tmp_path):
     (snapshot / "model_index.json").write_text("{}")
     (tmp_path / "models--BestWishYsh--Helios-Distilled" / "refs").mkdir()
     (tmp_path / "models--BestWishYsh--Helios-Distilled" / "refs" / "main").write_text("b991c037")
-    assert resolve_model("helios-distilled", cache_dir=str(tmp_path)) == snapshot
-    assert resolve_model("BestWishYsh/Helios-Distilled", cache_dir=str(tmp_path)) == snapshot
+    assert resolve_model("helios-distilled", download_dir=str(tmp_path)).resolve() == snapshot.resolve()
+    assert resolve_model("BestWishYsh/Helios-Distilled", download_dir=str(tmp_path)).resolve() == snapshot.resolve()
 
 
 def test_unknown_model_says_where_it_looked(tmp_path):
+    # Offline (tests/conftest.py): a released model the cache lacks is not downloaded.
     with pytest.raises(ModelNotFoundError) as error:
-        resolve_model("helios-mid", cache_dir=str(tmp_path))
+        resolve_model("helios-mid", download_dir=str(tmp_path))
     message = str(error.value)
-    assert "BestWishYsh/Helios-Mid" in message and str(tmp_path) in message and "helios-tiny" in message
+    assert str(tmp_path) in message and "hf download BestWishYsh/Helios-Mid" in message
+    with pytest.raises(ModelNotFoundError, match="helios-tiny"):
+        resolve_model("helios-mdi")
     (tmp_path / "not-a-checkpoint").mkdir()
     with pytest.raises(ModelNotFoundError, match="no model_index.json"):
         resolve_model(str(tmp_path / "not-a-checkpoint"))
