@@ -52,6 +52,7 @@ setup(
         "uvicorn[standard]>=0.30",
         "python-multipart>=0.0.9",  # multipart bodies of POST /v1/videos
         "prometheus-client>=0.20",
+        "pyyaml>=6",  # serve's configuration file
     ],
     extras_require={
         # GPU hosts: CUDA torch usually brings triton; CPU tests run the kernels in triton's interpreter.

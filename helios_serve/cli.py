@@ -3,17 +3,84 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 DEFAULT_MODEL = "helios-tiny"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """An option's flags (its name and aliases) share one metavar: '--max-num-seqs, --max-running-requests N'."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        values = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {values}"
+
+
+class DefaultsHelpFormatter(HelpFormatter):
+    """argparse's ArgumentDefaultsHelpFormatter, but each default shown once: not appended where
+    the help already gives it, nor a switch's off or a None (config.help_with_default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        from .config import help_with_default
+
+        if action.default is argparse.SUPPRESS or action.nargs == 0:
+            return action.help
+        return help_with_default(action.help, action.default)
+
+
 class CommandParser(argparse.ArgumentParser):
-    """A bad flag or value is one line naming it (and where help is), not argparse's usage block."""
+    """A bad flag or value is one line naming it (and where help is), not argparse's usage block.
+    A command with a config file option (serve) reads the file's options before its command line's."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"helios-serve: error: {message} (see: {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        parsed, extras = super().parse_known_args(args, copy.copy(namespace))
+        path = getattr(parsed, "config_file", None)
+        if path is None or not any(action.dest == "config_file" for action in self._actions):
+            return parsed, extras
+        from .config import config_file_arguments
+
+        try:
+            arguments, positionals = config_file_arguments(self, path)
+        except ValueError as exc:
+            self.error(str(exc))
+        self.set_defaults(**positionals)
+        return super().parse_known_args(arguments + args, namespace)
+
+
+class VersionAction(argparse.Action):
+    """Prints 'helios-serve X.Y.Z' (the installed package's version) and exits."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"helios-serve {package_version()}")
+        parser.exit()
+
+
+def package_version() -> str:
+    """From the package metadata, which pip writes at install; the module's own number if the
+    package is not installed (run from a source tree)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("helios-serve")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
 
 
 def _add_check_parser(subparsers) -> None:
@@ -21,27 +88,39 @@ def _add_check_parser(subparsers) -> None:
         "check",
         help="load a model and time one denoising forward (a smoke run)",
         description=(
-            "Load a Helios transformer (a built-in preset or a diffusers-format folder) and run "
+            "Load a Helios transformer (of any model serve takes, or a transformer folder alone) and run "
             "one denoising forward of one 33-frame chunk with a full history, as the serving "
             "engine will. Prints the model size, the token counts and the time per forward."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "model",
         nargs="?",
         default=DEFAULT_MODEL,
-        help="preset name (helios-tiny, helios-14b) or a transformer folder with config.json",
+        help="a model name as serve takes it (helios-tiny, helios-tiny-mid, helios-tiny-base, "
+             "helios-distilled-random, helios-base|mid|distilled, a Hugging Face repo id, a diffusers-format "
+             "checkpoint directory) or a transformer folder with config.json",
     )
+    _add_download_arguments(parser)
     parser.add_argument("--height", type=int, default=384, help="video height in pixels (multiple of 16)")
     parser.add_argument("--width", type=int, default=640, help="video width in pixels (multiple of 16)")
     parser.add_argument(
-        "--dtype", choices=("auto", *DTYPES), default="auto", help="weights dtype; auto is float32 on CPU, bfloat16 on CUDA"
+        "--dtype", choices=("auto", *DTYPES), default="auto",
+        help="weights dtype; auto is float32 on CPU, bfloat16 on CUDA",
     )
     parser.add_argument("--device", default="auto", help="torch device; auto is cuda when available, else cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed forwards after one warm-up")
     parser.add_argument("--seed", type=int, default=0, help="seed of the preset's random weights and the inputs")
     parser.set_defaults(handler=_run_check)
+
+
+def _add_download_arguments(parser) -> None:
+    """Where a Hugging Face repo id is looked up and downloaded to, as serve and generate take it."""
+    from .config import ModelConfig, add_field_argument
+
+    for name in ("download_dir", "revision"):
+        add_field_argument(parser, ModelConfig, name)
 
 
 def _add_generate_parser(subparsers) -> None:
@@ -82,10 +161,15 @@ def _add_estimate_parser(subparsers) -> None:
             "bf16 peak the whole pipeline achieves), the real-time streams it can carry, the GPUs N "
             "streams need, and the memory headroom. No GPU or weights are needed."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--model", default="helios-distilled",
-                        help="helios-base, helios-mid, helios-distilled, or a diffusers-format checkpoint directory")
+                        help="helios-base|mid|distilled or their repo ids (the published configs, nothing is "
+                             "downloaded); helios-distilled-random (the same 14B architecture: helios-distilled's "
+                             "figures); another Hugging Face repo id or a diffusers-format checkpoint directory (its "
+                             "configs and weights, downloaded when missing). The tiny built-ins are refused: their "
+                             "figures would say nothing about a GPU")
+    _add_download_arguments(parser)
     parser.add_argument("--gpu", default="h100", choices=sorted(ACCELERATORS), help="accelerator")
     parser.add_argument("--mfu", type=float, default=0.5, help="achieved fraction of the dense bf16 peak")
     parser.add_argument("--streams", type=int, default=1, help="concurrent real-time streams to provision for")
@@ -133,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
             "(estimate) and a smoke test (check). Run 'helios-serve COMMAND --help' for a command's options."
         ),
     )
+    parser.add_argument("--version", action=VersionAction, help="print the version and exit")
     subparsers = parser.add_subparsers(title="commands", dest="command", required=True, parser_class=CommandParser)
     from .entrypoints.serve import add_serve_parser, run_serve
 
@@ -159,6 +244,8 @@ def _run_check(args: argparse.Namespace) -> int:
         device=None if args.device == "auto" else args.device,
         repeats=args.repeats,
         seed=args.seed,
+        download_dir=args.download_dir,
+        revision=args.revision,
     )
     print(report.format())
     return 0
@@ -169,6 +256,10 @@ class UserError(ValueError):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv == ["--version"]:  # answered before the commands' parsers exist: their imports cost more than it
+        print(f"helios-serve {package_version()}")
+        return 0
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)

@@ -9,9 +9,13 @@ import time
 
 def _sampling_params(args: argparse.Namespace):
     from .sampling_params import sampling_params_from_args
-    from .video_io import read_image, read_video_tail
 
     params = sampling_params_from_args(args)
+    params.check_ranges()  # the model's own limits (sizes, step counts) are checked once it is loaded
+    if not (args.image or args.video):
+        return params
+    from .video_io import read_image, read_video_tail
+
     # Inputs are read at the output's size when it is given (else the model resizes them), and
     # only the video frames the model uses are kept.
     size = (params.width, params.height) if params.width and params.height else None
@@ -25,12 +29,17 @@ def _sampling_params(args: argparse.Namespace):
 
 def run_generate(args: argparse.Namespace) -> int:
     from .config import EngineConfig, ModelConfig, config_from_args
+    from .model_executor.checkpoint import resolve_model
+
+    # Every option is checked (and the inputs read) before torch is imported: a mistake is reported at once.
+    model_config = config_from_args(ModelConfig, args)
+    engine_config = EngineConfig(sequence_parallel_size=args.sequence_parallel_size)
+    resolve_model(model_config.model, model_config.download_dir, model_config.revision)
+    params = _sampling_params(args)
     from .engine.engine import HeliosEngine
 
-    params = _sampling_params(args)
     started = time.perf_counter()
-    engine = HeliosEngine(model_config=config_from_args(ModelConfig, args),
-                          engine_config=EngineConfig(sequence_parallel_size=args.sequence_parallel_size))
+    engine = HeliosEngine(model_config=model_config, engine_config=engine_config)
     try:
         return _write_video(engine, args, params, time.perf_counter() - started)
     finally:

@@ -76,11 +76,14 @@ def mix_key(mix: PromptMix) -> str | PromptMix:
     return mix[0][0] if len(mix) == 1 else mix
 
 
-def setting(default, help: str, flag: str | None = None, choices: tuple | None = None, env: str | None = None):
+def setting(default, help: str, flag: str | None = None, choices: tuple | None = None, env: str | None = None,
+            aliases: tuple[str, ...] = ()):
     """A config field that carries its help text (and CLI flag, choices and environment
     variable): the one place the docs and the generated command line read it from
-    (helios_serve/config.py: ``add_config_arguments``)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "env": env})
+    (helios_serve/config.py: ``add_config_arguments``). ``aliases`` are more flags for the same
+    field (a name kept from an earlier release, or another engine's name for the concept)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "env": env,
+                                            "aliases": aliases})
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,13 @@ class RunnerConfig:
 
     # Torch-free, so the engine core can hold it without importing torch.
 
-    model: str = setting("helios-tiny", "helios-tiny, helios-base|mid|distilled, helios-distilled-random, a cached "
-                                        "Hugging Face repo id or a diffusers-format checkpoint directory")
+    model: str = setting("helios-tiny", "helios-tiny, helios-base|mid|distilled, helios-distilled-random, a "
+                                        "Hugging Face repo id (downloaded when the cache lacks it) or a "
+                                        "diffusers-format checkpoint directory")
+    download_dir: str | None = setting(
+        None, "the Hugging Face cache a repo id or alias is found in, and downloaded to when missing (default: "
+              "$HF_HUB_CACHE, else $HF_HOME/hub)")
+    revision: str | None = setting(None, "branch, tag or commit of a Hugging Face repo id or alias (default: main)")
     device: str | None = setting(None, "torch device (default: cuda when available, else cpu)")
     dtype: str | None = setting(None, "transformer and text-encoder dtype (default: bfloat16 on CUDA, float32 on "
                                       "CPU)", choices=("float32", "bfloat16", "float16"))

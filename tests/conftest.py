@@ -8,6 +8,10 @@ import os
 # is imported. Set HELIOS_TEST_CUDA=1 to test the compiled kernels on a GPU instead.
 if not os.environ.get("HELIOS_TEST_CUDA"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests make their own checkpoints, so nothing may reach a model hub: a released model's name would
+# otherwise start an 80 GB download. Set before huggingface_hub reads it at import (tests of the
+# download itself run in processes of their own, against a local fake hub).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -135,3 +139,23 @@ def openai_client(server):
 
     warnings.filterwarnings("ignore", message=".*Sora API.*", category=DeprecationWarning)
     return OpenAI(base_url=server.api, api_key="unused", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session (stopped by pid at the end)."""
+    from postgres_server import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def job_store_location(request, tmp_path):
+    """Where a test's job store lives: a SQLite file, or a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "jobs.sqlite3"
+    import uuid
+
+    return request.getfixturevalue("postgres").create_database(f"jobs_{uuid.uuid4().hex[:12]}")

@@ -19,7 +19,7 @@ def record(job_id: str, **changes) -> JobRecord:
 def test_expired_videos_are_deleted_with_their_files(tmp_path):
     files = JobFiles(tmp_path)
     store = JobStore(files.database)
-    service = JobManager(None, files, store, "helios-tiny", retention_s=60, metrics=ServerMetrics())
+    service = JobManager(None, files, store, "helios-tiny", retention_s=60, metrics=ServerMetrics("helios-tiny"))
     old, fresh = new_job_id(), new_job_id()
     now = int(time.time())
     for job_id, expires in ((old, now - 1), (fresh, now + 3600)):

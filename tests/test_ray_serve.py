@@ -1,4 +1,5 @@
-"""Ray Serve for real: `helios-serve serve helios-tiny --replicas 2` on a local Ray (token auth on).
+"""Ray Serve for real: `helios-serve serve helios-tiny --replicas 2 --job-store postgresql://...` on a
+local Ray (token auth on) and a real PostgreSQL server.
 
 One deployment serves every test here: jobs spread over both replicas, streams pass through
 the ingress, metrics and readiness cover both, and killing a replica's actor mid-job loses
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
+from helios_serve.jobs.store import open_job_store
 from helios_serve.video_io import read_video
 from live_server import start_ray_server
 
@@ -25,9 +26,14 @@ SMALL = {"num_frames": 66, "size": "128x64"}
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, postgres):
+    """Two replicas whose jobs are recorded on PostgreSQL (as replicas on several machines would
+    share them; the SQLite default shares a file, and the store's interface is the same: see
+    tests/test_job_store_backends.py)."""
     started = time.monotonic()
-    server = start_ray_server(tmp_path_factory.mktemp("ray") / "data", 2, "helios-tiny")
+    store = postgres.create_database("ray_jobs")
+    server = start_ray_server(tmp_path_factory.mktemp("ray") / "data", 2, "helios-tiny", "--job-store", store)
+    server.job_store = store
     print(f"2 replicas ready in {time.monotonic() - started:.1f} s")
     yield server
     server.stop()
@@ -59,8 +65,12 @@ def wait_completed(cluster, video_id: str, timeout: float = 180) -> dict:
 
 def owners(cluster) -> dict[str, str]:
     """job id -> replica slot, from the shared job store."""
-    rows = sqlite3.connect(cluster.data_dir / "jobs.sqlite3").execute("SELECT id, owner FROM videos").fetchall()
-    return {job_id: owner.rsplit("-", 1)[0] for job_id, owner in rows}
+    store = open_job_store(cluster.job_store)
+    try:
+        rows = store._fetchall("SELECT id, owner FROM videos")
+    finally:
+        store.close()
+    return {row["id"]: row["owner"].rsplit("-", 1)[0] for row in rows}
 
 
 def test_concurrent_jobs_spread_over_both_replicas(cluster):
@@ -115,19 +125,24 @@ def test_cancel_reaches_the_owning_replica(cluster):
     assert httpx.delete(f"{cluster.api}/videos/{video_id}", timeout=60).status_code == 200
     assert httpx.get(f"{cluster.api}/videos/{video_id}", timeout=30).status_code == 404
     deadline = time.monotonic() + 30  # the owner's engine lets the request go at its next step
-    while "helios_running_requests 0.0" not in httpx.get(f"{cluster.url}/metrics", timeout=30).text:
+    while 'helios:num_requests_running{model_name="helios-tiny"} 0.0' not in httpx.get(f"{cluster.url}/metrics",
+                                                                                     timeout=30).text:
         assert time.monotonic() < deadline
         time.sleep(0.2)
 
 
 def test_metrics_and_readiness_cover_every_replica(cluster):
+    docs = httpx.get(f"{cluster.url}/docs", timeout=30)  # a replica's self-contained docs, not the ingress's
+    assert docs.status_code == 200 and "/static/" in docs.text and "cdn" not in docs.text.lower()
+    schema = httpx.get(f"{cluster.url}/openapi.json", timeout=30).json()
+    assert "/v1/videos/{video_id}" in schema["paths"]
     ready = httpx.get(f"{cluster.url}/ready", timeout=30)
     assert ready.status_code == 200 and set(ready.json()["replicas"]) == {"replica-0", "replica-1"}
     metrics = httpx.get(f"{cluster.url}/metrics", timeout=30).text
     for slot in ("replica-0", "replica-1"):
         assert f'replica="{slot}"' in metrics
-    assert "helios_replicas_ready 2" in metrics
-    assert "\nhelios_queue_depth " in metrics  # the total, without a replica label
+    assert "helios:replicas_ready 2" in metrics
+    assert '\nhelios:num_requests_waiting{model_name="helios-tiny"} ' in metrics  # the total, without a replica label
 
 
 def test_killing_a_replica_mid_job_loses_no_job(cluster):

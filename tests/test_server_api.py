@@ -88,7 +88,7 @@ def test_delete_cancels_a_running_job(openai_client, server):
     openai_client.videos.delete(video.id)
     time.sleep(0.3)  # the engine frees the slot at its next step
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert "helios_running_requests 0.0" in metrics
+    assert 'helios:num_requests_running{model_name="helios-tiny"} 0.0' in metrics
     assert not (server.data_dir / "videos" / video.id).exists()
 
 
@@ -116,17 +116,19 @@ def test_models_health_ready_metrics(server):
     ready = httpx.get(f"{server.url}/ready")
     assert ready.status_code == 200 and ready.json()["warmup_seconds"] > 0
     metrics = httpx.get(f"{server.url}/metrics").text
-    for name in ("helios_queue_depth", "helios_running_requests", "helios_batch_rows_bucket", "helios_step_seconds",
-                 "helios_chunk_seconds", "helios_time_to_first_chunk_seconds", "helios_realtime_factor",
-                 "helios_requests_cancelled_total", "helios_requests_failed_total", "helios_frames_generated_total",
-                 "helios_model_flops_per_second", "helios_model_flops_utilization"):
+    for name in ("helios:num_requests_waiting", "helios:num_requests_running", "helios:batch_rows_bucket",
+                 "helios:step_seconds", "helios:chunk_seconds", "helios:time_to_first_chunk_seconds",
+                 "helios:realtime_factor", 'helios:request_success_total{finished_reason="cancelled"',
+                 'helios:request_success_total{finished_reason="failed"', "helios:frames_generated_total",
+                 "helios:model_flops_per_second", "helios:model_flops_utilization"):
         assert name in metrics, name
-    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("helios_")}
-    assert values["helios_model_flops_total"] > 0  # the warm-up ran forwards
-    assert values["helios_device_peak_flops"] > 1e9  # measured on this CPU
+    tiny = '{model_name="helios-tiny"}'
+    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("helios:")}
+    assert values[f"helios:model_flops_total{tiny}"] > 0  # the warm-up ran forwards
+    assert values[f"helios:device_peak_flops{tiny}"] > 1e9  # measured on this CPU
     # The attention kernel auto picked on a CPU is PyTorch's dispatch, said in both places.
     assert ready.json()["attention_backend"] == "sdpa"
-    assert values['helios_attention_backend_info{backend="sdpa"}'] == 1
+    assert values['helios:attention_backend_info{backend="sdpa",model_name="helios-tiny"}'] == 1
 
 
 def test_jobs_without_a_seed_get_their_own(server):
@@ -143,14 +145,15 @@ def test_achieved_flops_are_averaged_over_a_window_that_stays_bounded():
     from helios_serve.entrypoints.openai.metrics import FLOPS_WINDOW_S, ServerMetrics
 
     now = [100.0]
-    metrics = ServerMetrics(clock=lambda: now[0])
+    metrics = ServerMetrics("helios-tiny", clock=lambda: now[0])
     metrics.set_device_peak(4e9)
     for step in range(1000):  # one forward of 1 GFLOP every 0.1 s, nobody scraping
         now[0] = 100.0 + 0.1 * step
         metrics.on_step(0.1, SimpleNamespace(num_rows=1, model_flops=10**9))
     assert len(metrics.recent_flops) <= FLOPS_WINDOW_S / 0.1 + 1  # old steps are dropped as new ones come
     assert metrics.achieved_flops_per_second() == pytest.approx(1e10, rel=0.02)  # 1 GFLOP per 0.1 s
-    values = dict(line.split() for line in metrics.exposition(0, 0).decode().splitlines() if line.startswith("helios_"))
-    assert float(values["helios_model_flops_utilization"]) == pytest.approx(2.5, rel=0.02)  # 10 GFLOP/s over 4
+    values = dict(line.split() for line in metrics.exposition(0, 0).decode().splitlines() if line.startswith("helios:"))
+    utilization = values['helios:model_flops_utilization{model_name="helios-tiny"}']
+    assert float(utilization) == pytest.approx(2.5, rel=0.02)  # 10 GFLOP/s over 4
     now[0] += 2 * FLOPS_WINDOW_S  # idle: the window empties
     assert metrics.achieved_flops_per_second() == 0

@@ -65,7 +65,7 @@ def engine():
 def manager(engine, tmp_path, files_class=JobFiles, **options) -> tuple[JobManager, FailingStore]:
     files = files_class(tmp_path)
     store = FailingStore(files.database)
-    return JobManager(engine, files, store, "helios-tiny", 3600, ServerMetrics(), **options), store
+    return JobManager(engine, files, store, "helios-tiny", 3600, ServerMetrics("helios-tiny"), **options), store
 
 
 def test_a_failed_video_write_fails_the_job_and_tells_its_listeners(engine, tmp_path):

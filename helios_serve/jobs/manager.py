@@ -24,6 +24,7 @@ from ..errors import (
     RequestFailedError,
     StorageError,
 )
+from ..logging_config import log_request_done
 from ..model_executor.step_io import RequestSpec
 from ..request import Pacing, RequestStatus
 from ..sampling_params import MAX_FRAMES, MAX_PROMPT_CHARS, MAX_SCHEDULE_ENTRIES, VideoSamplingParams
@@ -203,13 +204,13 @@ class JobManager:
                 now = time.monotonic()
                 if chunk.chunk_index == start_chunk == 0:
                     timings["time_to_first_chunk_s"] = now - submitted
-                    metrics.ttfc_seconds.observe(now - submitted)
+                    metrics.time_to_first_chunk.observe(now - submitted)
                 else:
                     metrics.chunk_seconds.observe(now - last_chunk_time)
                 metrics.realtime_factor.observe(len(chunk.frames) / max(now - last_chunk_time, 1e-6) / record.fps)
                 last_chunk_time = now
                 await asyncio.to_thread(sink.write, chunk)
-                metrics.frames.inc(len(chunk.frames))
+                metrics.frames_generated.inc(len(chunk.frames))
                 self._write(self.store.update, job_id, status=JobStatus.IN_PROGRESS,
                             chunks_completed=chunk.chunk_index + 1, progress=self._percent(handle.progress()),
                             timings=timings)
@@ -230,29 +231,44 @@ class JobManager:
                 ended = {}
             self._write(self.store.update, job_id, status=JobStatus.COMPLETED, progress=100, completed_at=now,
                         expires_at=now + int(self.retention_s), timings=timings, **ended)
-            metrics.completed.inc()
+            metrics.on_job_finished("completed", time.monotonic() - submitted, handle.progress().queue_time_s)
             self._publish(job_id, JobEnded(JobStatus.COMPLETED))
         except RequestCancelledError as exc:
-            metrics.cancelled.inc()
-            if handle.progress().status is RequestStatus.FINISHED_TIMEOUT:
+            timed_out = handle.progress().status is RequestStatus.FINISHED_TIMEOUT
+            metrics.on_job_finished("timeout" if timed_out else "cancelled", time.monotonic() - submitted,
+                                    handle.progress().queue_time_s)
+            if timed_out:
                 self._fail(job_id, "timeout", str(exc))
         except RequestFailedError as exc:
-            metrics.failed.inc()
+            metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
             self._fail(job_id, "generation_failed", str(handle.progress().error or exc))
         except OSError as exc:  # a full disk or an I/O error while writing the video or its row
             logger.error("job %s failed: cannot write its video: %s", job_id, exc)
             self.engine.abort(job_id)
-            metrics.failed.inc()
+            metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
             reason = str(exc) if isinstance(exc, StorageError) else exc.strerror or type(exc).__name__
             self._fail(job_id, "storage_error", f"the video could not be written: {reason}")
         except Exception as exc:  # noqa: BLE001 - a job's failure must not take the server down
             logger.exception("job %s failed", job_id)
             self.engine.abort(job_id)
-            metrics.failed.inc()
+            metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
             self._fail(job_id, "internal_error", f"{type(exc).__name__} while writing the video")
         finally:
             self._handles.pop(job_id, None)
             self._tasks.pop(job_id, None)
+            if (ended := self._ended(job_id, handle)) is not None:
+                log_request_done(ended, time.monotonic() - submitted)
+
+    def _ended(self, job_id: str, handle) -> JobRecord | None:
+        """The record of a job whose run ended, for the request log line; None when the server
+        stopped first (the job resumes at the next start) or the store cannot be read."""
+        try:
+            record = self.get(job_id)
+        except Exception:  # noqa: BLE001 - a log line must not fail a job
+            return None
+        if record.status in ACTIVE_STATUSES and not handle.progress().status.is_finished:
+            return None
+        return record
 
     def _fail(self, job_id: str, code: str, message: str) -> None:
         """Record a job's failure and tell its listeners; if the store refuses the write, the

@@ -33,7 +33,7 @@ from ...jobs.store import JobRecord
 from .body import BodyTooLarge, BodySizeLimit, parse_create_request, parse_json
 from .errors import ERROR_TABLE, ApiError, InternalErrorsAsJson, api_error, error_body, public_message
 from . import openapi
-from .metrics import ServerMetrics
+from .metrics import HttpMetrics, ServerMetrics
 from .protocol import (
     ModelCard,
     ModelList,
@@ -62,7 +62,7 @@ class ServerState:
         """Set when this server is one engine replica of a Ray deployment: it owns the jobs it
         creates, resumes nothing on start (the router hands a dead replica's jobs to the living),
         and answers the router on /internal/status and /internal/adopt."""
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(config.served_model_names[0])  # the model_name label, as videos report
         self.engine = None
         self.jobs: JobManager | None = None
         self._load_error: str | None = None
@@ -97,9 +97,10 @@ class ServerState:
                          ) -> JobRecord:
         """A job from a validated body (HTTP or WebSocket)."""
         jobs = self.require_jobs()
-        model = self.config.model.model
-        if body.model is not None and body.model != model:
-            raise ApiError(404, "model_not_found", f"this server serves {model!r}, not {body.model!r}", "model")
+        names = self.config.served_model_names
+        if body.model is not None and body.model not in names:
+            raise ApiError(404, "model_not_found", f"this server serves {', '.join(map(repr, names))}, not "
+                                                   f"{body.model!r}", "model")
         return await jobs.create(body.prompt, body.sampling_params(), uploads, priority=body.priority,
                                  realtime=body.realtime, job_id=job_id, live=body.live, keep=body.keep,
                                  pacing=body.pacing_fields())
@@ -132,9 +133,11 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
             state.engine.shutdown()
 
     app = FastAPI(title="helios-serve", version="0.1.0", lifespan=lifespan,
-                  description="OpenAI-style video generation API for the Helios models.")
+                  description="OpenAI-style video generation API for the Helios models.",
+                  docs_url=None, redoc_url=None)  # openapi.py serves them without a CDN
     app.state.server = state
     install_middleware(app, config, behind_ingress=replica_id is not None)
+    app.add_middleware(HttpMetrics, metrics=state.metrics)  # outermost: it counts the other layers' refusals too
     install_error_handlers(app)
     auth = [Depends(state.authorize)]
 
@@ -165,7 +168,7 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
 
     @app.get("/v1/models", dependencies=auth, response_model=ModelList)
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=config.model.model, created=int(state.started))])
+        return ModelList(data=[ModelCard(id=name, created=int(state.started)) for name in config.served_model_names])
 
     @app.post("/v1/videos", dependencies=auth, response_model=VideoObject, openapi_extra=CREATE_BODY_SCHEMA)
     async def create_video(request: Request) -> JSONResponse:
@@ -309,7 +312,7 @@ CREATE_BODY_SCHEMA = {
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/VideoCreateRequest"}},
-            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/VideoCreateRequest"}},
+            "multipart/form-data": {"schema": {"$ref": "#/components/schemas/VideoCreateForm"}},
         },
     }
 }

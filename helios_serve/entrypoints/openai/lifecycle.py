@@ -9,7 +9,7 @@ import time
 
 from ...jobs.manager import JobManager
 from ...jobs.storage import JobFiles
-from ...jobs.store import JobStore
+from ...jobs.store import open_job_store
 from ...model_executor.step_io import FRAMES_PER_CHUNK
 from ...sampling_params import VideoSamplingParams
 
@@ -26,21 +26,22 @@ async def load_engine(state) -> None:
     try:
         engine = await asyncio.to_thread(AsyncHeliosEngine, model_config=config.model, engine_config=config.engine)
         engine.core.step_listeners.append(state.metrics.on_step)
-        state.metrics.attention_backend.labels(engine.core.executor.attention_backend).set(1)
+        state.metrics.set_attention_backend(engine.core.executor.attention_backend)
         state.engine = engine
         state.warmup_seconds = await warm_up(engine)
         logger.info("warmed up in %.2f s", state.warmup_seconds)
         await measure_device_peak(engine, state.metrics)
         files = JobFiles(config.server.data_dir)
-        jobs = JobManager(engine, files, JobStore(files.database), model, config.server.retention_hours * 3600,
-                          state.metrics, owner=state.replica_id,
+        store = await asyncio.to_thread(open_job_store, config.server.job_store or files.database)
+        jobs = JobManager(engine, files, store, config.served_model_names[0],
+                          config.server.retention_hours * 3600, state.metrics, owner=state.replica_id,
                           min_free_bytes=int(config.server.min_free_disk_mb * 2**20),
                           max_stream_seconds=config.server.max_stream_seconds,
                           max_kept_stream_bytes=int(config.server.max_kept_stream_mb * 2**20))
         # A replica of a Ray deployment leaves interrupted jobs to the router (see replica.py).
         resumed = jobs.resume_interrupted() if state.replica_id is None else []
         state.jobs = jobs
-        logger.info("ready: %s (%d interrupted job(s) resumed)", model, len(resumed))
+        logger.info("ready at %s: %s (%d interrupted job(s) resumed)", config.server.url, model, len(resumed))
     except Exception as exc:  # noqa: BLE001 - reported by /health, /ready and the log
         logger.exception("loading %s failed", model)
         state.load_error = f"loading {model} failed: {exc}"
@@ -66,7 +67,7 @@ async def measure_device_peak(engine, metrics) -> None:
     if peak:
         logger.info("device peak %.3g TFLOP/s (%s)", peak / 1e12, source)
     else:
-        logger.info("no device peak (%s): helios_model_flops_utilization is not exported", source)
+        logger.info("no device peak (%s): helios:model_flops_utilization is not exported", source)
 
 
 async def periodic_cleanup(state) -> None:

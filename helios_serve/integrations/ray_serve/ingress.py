@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from ...entrypoints.openai.replica import JOB_ID_HEADER
 from ...jobs.storage import JobFiles, new_job_id
 from ...jobs.status import ACTIVE_STATUSES
-from ...jobs.store import JobStore
+from ...jobs.store import open_job_store
 from .routing import ReplicaView, dead_instances, least_loaded, merge_metrics, orphaned_jobs
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,10 @@ POLL_INTERVAL_S = 0.5
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
 CREATE_PATHS = ("/v1/videos", "/v1/videos/sync")
 
-app = FastAPI(title="helios-serve (Ray)", description="OpenAI-style video API over Ray Serve engine replicas.")
+# The docs and the schema are a replica's (forwarded like every other path): the ingress's own
+# would describe only its catch-all route and load Swagger UI from a CDN.
+app = FastAPI(title="helios-serve (Ray)", description="OpenAI-style video API over Ray Serve engine replicas.",
+              docs_url=None, redoc_url=None, openapi_url=None)
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -41,10 +44,10 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 @serve.deployment(max_ongoing_requests=1000)
 @serve.ingress(app)
 class HeliosIngress:
-    def __init__(self, replicas: dict, data_dir: str, api_key: str | None):
+    def __init__(self, replicas: dict, data_dir: str, api_key: str | None, job_store: str | None = None):
         self.handles = replicas  # slot -> DeploymentHandle of a HeliosReplica deployment
         self.views = {slot: ReplicaView(slot) for slot in replicas}
-        self.store = JobStore(JobFiles(data_dir).database)
+        self.store = open_job_store(job_store or JobFiles(data_dir).database)
         self.internal_headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
         self.poller = asyncio.get_event_loop().create_task(self._poll_forever())
@@ -105,10 +108,10 @@ class HeliosIngress:
                                        return_exceptions=True)
         texts = {v.slot: a.text for v, a in zip(live, answers) if isinstance(a, httpx.Response) and a.is_success}
         lines = [
-            "# HELP helios_replicas_ready Engine replicas ready to serve.", "# TYPE helios_replicas_ready gauge",
-            f"helios_replicas_ready {sum(v.ready for v in self.views.values())}",
-            "# HELP helios_replicas Engine replicas deployed.", "# TYPE helios_replicas gauge",
-            f"helios_replicas {len(self.views)}",
+            "# HELP helios:replicas_ready Engine replicas ready to serve.", "# TYPE helios:replicas_ready gauge",
+            f"helios:replicas_ready {sum(v.ready for v in self.views.values())}",
+            "# HELP helios:replicas Engine replicas deployed.", "# TYPE helios:replicas gauge",
+            f"helios:replicas {len(self.views)}",
         ]
         return Response(merge_metrics(texts) + "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

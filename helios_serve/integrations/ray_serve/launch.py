@@ -34,7 +34,7 @@ def build_application(config: HeliosConfig, replicas: int, gpus_per_replica: flo
         for i in range(replicas)
     }
     ingress = HeliosIngress.options(name="helios-ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.bind(slots, config.server.data_dir, config.server.api_key)
+    return ingress.bind(slots, config.server.data_dir, config.server.api_key, config.server.job_store)
 
 
 def replica_options(cpus: float, gpus: float) -> dict:

@@ -15,6 +15,7 @@ from ray import serve
 
 from ...config import HeliosConfig
 from ...entrypoints.openai.api_server import build_app
+from ...logging_config import set_request_logging
 
 
 def _free_port(host: str) -> int:
@@ -31,6 +32,7 @@ class HeliosReplica:
 
         host = host or ray.util.get_node_ip_address()  # in a cluster: this replica's own node
         self.instance = f"{slot}-{uuid.uuid4().hex[:8]}"
+        set_request_logging(not config.server.disable_log_requests)  # this actor's process, as serve does
         self.app = build_app(config, replica_id=self.instance)
         port = _free_port(host)
         self.url = f"http://{host}:{port}"
