@@ -18,6 +18,7 @@ import pytest
 
 from helios_serve.cli import build_parser
 from helios_serve.config import HeliosConfig, ServerConfig, config_from_args
+from test_server_api import wait_for
 
 LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 
@@ -198,16 +199,6 @@ def test_serve_opens_its_job_store_in_the_state_directory_not_the_current_one(tm
 
 
 # -- a live server ---------------------------------------------------------------------------------
-def wait_done(client, video_id: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        video = client.videos.retrieve(video_id)
-        if video.status in ("completed", "failed"):
-            return video
-        time.sleep(0.1)
-    raise AssertionError(f"{video_id} did not finish")
-
-
 def openai_client(live):
     import warnings
 
@@ -237,7 +228,7 @@ def test_served_model_names_root_path_one_log_format_and_request_lines(tmp_path)
         with pytest.raises(NotFoundError) as refused:
             client.videos.create(model="helios-tiny", prompt="a lantern", size="128x64")
         assert refused.value.code == "model_not_found"
-        assert wait_done(client, video.id).status == "completed"
+        assert wait_for(client, video.id).status == "completed"
         # Behind a proxy that strips the prefix: the routes answer without it, the schema names it.
         assert httpx.get(f"{live.url}/openapi.json").json()["servers"] == [{"url": "/video"}]
         deadline = time.monotonic() + 10
@@ -298,7 +289,7 @@ def test_https_server_without_request_lines(tmp_path, monkeypatch):
     try:
         client = openai_client(live)
         video = client.videos.create(prompt="a lantern", size="128x64", extra_body={"num_frames": 33})
-        assert wait_done(client, video.id).status == "completed"
+        assert wait_for(client, video.id).status == "completed"
         with pytest.raises(httpx.HTTPError):  # plain HTTP is not answered
             httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
         time.sleep(0.5)  # the line would be written just after the job's row
