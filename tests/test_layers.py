@@ -17,18 +17,19 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENGINE_LAYER = {"core", "engine", "executor", "request", "errors", "outputs", "sampling_params", "config", "hardware",
-                "simulated_executor"}
+ENGINE_LAYER = {"core", "engine", "executor", "parallel_executor", "request", "errors", "outputs", "sampling_params",
+                "config", "hardware", "simulated_executor"}
 CONTRACT_MODULES = {f"helios_serve.model_executor.{name}" for name in ("step_io", "config", "cost_model", "checkpoint")}
 """What the layers above model_executor may import from it: its data types and pure functions
 (the scheduler contract, the transformer config, the cost model, checkpoint variants)."""
-RUNNER_HOSTS = {"helios_serve.executor", "helios_serve.integrations.vllm_omni.pipeline",
+RUNNER_HOSTS = {"helios_serve.executor", "helios_serve.parallel_executor", "helios_serve.integrations.vllm_omni.pipeline",
                 "helios_serve.integrations.sglang.pipeline"}
 """Those that build a ModelRunner and drive it through its public calls."""
 INTEGRATION_LAUNCHERS = {"helios_serve.entrypoints.serve"}
 """The composition root: `helios-serve serve --replicas N` starts the Ray Serve integration."""
-RUNNER_MODULES = {f"helios_serve.model_executor.{name}" for name in ("model_runner", "resume")}
-"""What only the runner hosts import: the runner, and (the executor) resume snapshots."""
+RUNNER_MODULES = {f"helios_serve.model_executor.{name}" for name in ("model_runner", "resume", "sequence_parallel")}
+"""What only the runner hosts import: the runner, (the executor) resume snapshots and (the
+sequence-parallel executor) joining a group of ranks."""
 KNOWN_EXCEPTIONS = {
     # `helios-serve check` times one forward of the transformer (a model-level smoke test).
     ("helios_serve.cli", "helios_serve.model_executor.smoke"),

@@ -28,12 +28,12 @@ class AdoptRequest(BaseModel):
 
 
 def install_replica_routes(app: FastAPI, state, auth: list) -> None:
-    @app.get("/internal/status", dependencies=auth)
+    @app.get("/internal/status", dependencies=auth, include_in_schema=False)  # the router's, not clients'
     async def status() -> dict:
         waiting, running = state.engine.queue_depth() if state.engine is not None else (0, 0)
         return {"instance": state.replica_id, "ready": state.ready, "load_error": state.load_error,
                 "waiting": waiting, "running": running}
 
-    @app.post("/internal/adopt", dependencies=auth)
+    @app.post("/internal/adopt", dependencies=auth, include_in_schema=False)
     async def adopt(request: AdoptRequest) -> dict:
         return {"adopted": state.require_jobs().adopt(request.job_ids, request.previous_owner)}
