@@ -12,7 +12,8 @@ GEMMs, attention, kernels and the VAE does not depend on the weights' values. Se
                interpreter tests' tolerances), GB/s at the 14B geometry against a measured copy
   dit          one DiT forward per pyramid stage (2,940 / 4,560 / 11,040 tokens, bf16): ms,
                TFLOP/s by the cost model, MFU against a measured bf16 GEMM; per SDPA backend
-  vae          Wan VAE decode of one chunk (diffusers AutoencoderKLWan, random weights), fp32 and bf16
+  vae          Wan VAE decode of one chunk (diffusers AutoencoderKLWan, random weights), fp32 and bf16;
+               two requests' chunks decoded in one call against a call each
   engine       HeliosEngine, Distilled [1,1,1] at 384x640, three chunks: s/chunk, frames/s, GPU time
                by unit of work, host-device synchronisations per chunk
   tiny         helios-tiny through the whole engine in bf16 on the device against fp32 on the CPU,
@@ -301,6 +302,8 @@ class Check:
         else:
             config, latent = {}, (1, 16, 9, 48, 80)  # the Wan-2.1 VAE; one chunk at 384x640
 
+        from benchmark_vae_batch import batched_decode_figures
+
         from helios_serve.model_executor.models.vae import WanVAE
 
         z = torch.randn(latent, generator=torch.Generator().manual_seed(0)).to(self.device)
@@ -315,8 +318,12 @@ class Check:
         (fp32_ms, fp32), (bf16_ms, bf16) = decode(torch.float32), decode(torch.bfloat16)
         mse = float(((fp32 - bf16) ** 2).mean())
         psnr = float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+        # Two requests' chunks in one call against one call each: whether batching decodes pays.
+        two_chunks = torch.randn((2, *latent[1:]), generator=torch.Generator().manual_seed(1)).to(self.device)
+        batched = batched_decode_figures(WanVAE(AutoencoderKLWan(**config).to(self.device).eval()), two_chunks,
+                                         lambda fn: self.time_ms(fn, repeats=min(self.repeats, 3)))
         return {"latents": list(latent), "fp32": {"ms": fp32_ms}, "bf16": {"ms": bf16_ms},
-                "bf16_speedup": fp32_ms / bf16_ms, "bf16_psnr_db": psnr}
+                "bf16_speedup": fp32_ms / bf16_ms, "bf16_psnr_db": psnr, "batched_fp32": batched}
 
     def engine(self) -> dict:
         from helios_serve import VideoSamplingParams
@@ -544,6 +551,10 @@ def render(report: dict) -> str:
                 row("decode one chunk fp32 / bf16", f"{result['fp32']['ms']:.1f} / {result['bf16']['ms']:.1f} ms "
                                                    f"(x{result['bf16_speedup']:.2f}), bf16 PSNR "
                                                    f"{result['bf16_psnr_db']:.1f} dB")
+                batched = result["batched_fp32"]
+                row("two chunks: one call / a call each", f"{batched['batched_ms_per_chunk']:.1f} / "
+                    f"{batched['single_ms_per_chunk']:.1f} ms per chunk (x{batched['batched_speedup']:.2f}), "
+                    f"max difference {batched['max_uint8_difference']} levels")
         elif name == "engine":
             row(f"{result['model']} {result['steps']} {result['size']}",
                 f"{result['steady_seconds_per_chunk']:.3f} s/chunk, {result['steady_fps']:.1f} frames/s "

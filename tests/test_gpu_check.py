@@ -27,6 +27,9 @@ def test_dry_run_exercises_every_section(tmp_path):
     assert set(sections["kernels"]["kernels"]) == {"norm_modulate", "layer_norm", "gated_residual", "qk_norm_rope"}
     assert [s["tokens"] for s in sections["dit"]["stages"]] == [735, 1140, 2760]
     assert all(s["tflop"] > 0 and s["ms"] > 0 for s in sections["dit"]["stages"])
+    batched = sections["vae"]["batched_fp32"]  # two requests' chunks in one VAE call vs a call each
+    assert batched["batch"] == 2 and batched["batched_ms_per_chunk"] > 0 and batched["single_ms_per_chunk"] > 0
+    assert batched["max_uint8_difference"] <= 2
     engine = sections["engine"]
     assert engine["frames"] == [33, 33, 31] and engine["steady_fps"] > 0  # 99 frames trimmed to 4n+1 = 97
     # decode_wait: steps that only wait for the last decode running behind (the decode overlap)
