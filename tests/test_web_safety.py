@@ -472,3 +472,35 @@ def test_a_sync_request_whose_client_hangs_up_is_cancelled(server):
 def newest_job(server, prompt: str) -> dict | None:
     jobs = httpx.get(f"{server.api}/videos", params={"limit": 5}).json()["data"]
     return next((job for job in jobs if job["prompt"] == prompt), None)
+
+
+def test_the_api_key_is_compared_in_constant_time(tmp_path, monkeypatch):
+    """Every key a client offers (header, query, WebSocket alike) goes through hmac.compare_digest,
+    never ``!=``, whose time would tell an attacker how many leading characters were right."""
+    import hmac
+
+    from starlette.requests import HTTPConnection
+
+    from helios_serve.entrypoints.openai.api_server import ServerState
+    from helios_serve.entrypoints.openai.errors import ApiError
+
+    compared = []
+
+    def recording_compare(supplied, expected):
+        compared.append((supplied, expected))
+        return supplied == expected
+
+    monkeypatch.setattr(hmac, "compare_digest", recording_compare)
+    state = ServerState(HeliosConfig(server=ServerConfig(data_dir=str(tmp_path), api_key=KEY)), None)
+
+    def connection(headers=(), query=b"") -> HTTPConnection:
+        return HTTPConnection({"type": "http", "headers": list(headers), "query_string": query})
+
+    state.authorize(connection([(b"authorization", f"Bearer {KEY}".encode())]))
+    for wrong in (connection([(b"authorization", b"Bearer web-safety-kez")]), connection(query=b"api_key=w"),
+                  connection()):
+        with pytest.raises(ApiError) as refused:
+            state.authorize(wrong)
+        assert refused.value.status == 401
+    assert compared == [(KEY.encode(), KEY.encode()), (b"web-safety-kez", KEY.encode()), (b"w", KEY.encode()),
+                        (b"", KEY.encode())]
