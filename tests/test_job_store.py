@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from helios_serve.entrypoints.openai.metrics import ServerMetrics
@@ -26,7 +27,7 @@ def test_expired_videos_are_deleted_with_their_files(tmp_path):
         store.insert(record(job_id, expires_at=expires))
         files.job_dir(job_id, create=True)
         files.video(job_id).write_bytes(b"mp4")
-    assert service.delete_expired() == 1
+    assert asyncio.run(service.delete_expired()) == 1
     assert store.get(old) is None and not files.job_dir(old).exists()
     assert store.get(fresh) is not None and files.video(fresh).exists()
 

@@ -66,7 +66,7 @@ def test_a_waiting_event_stream_sends_keep_alive_comments(monkeypatch):
         def unsubscribe(self, job_id, queue):
             pass
 
-        def get(self, job_id):
+        async def get(self, job_id):
             return QueuedJob()
 
         def live_progress(self, job_id):

@@ -9,6 +9,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -78,7 +79,7 @@ def test_a_failed_video_write_fails_the_job_and_tells_its_listeners(engine, tmp_
 
     jobs, record, event = asyncio.run(run())
     assert isinstance(event, JobEnded) and event.status is JobStatus.FAILED and event.error_code == "storage_error"
-    failed = jobs.get(record.id)
+    failed = asyncio.run(jobs.get(record.id))
     assert failed.status is JobStatus.FAILED and "could not be written" in failed.error_message
     assert str(tmp_path) not in failed.error_message  # no server paths in what clients read
     assert engine.queue_depth() == (0, 0)  # the engine stopped working on it
@@ -96,10 +97,10 @@ def test_when_the_store_is_full_the_job_still_ends_and_reads_failed(engine, tmp_
     jobs, store, record, event = asyncio.run(run())
     assert event.status is JobStatus.FAILED and event.error_code == "storage_error"
     assert store.get(record.id).status in ACTIVE_STATUSES  # the row could not be written ...
-    assert jobs.get(record.id).status is JobStatus.FAILED  # ... but every read sees the failure
+    assert asyncio.run(jobs.get(record.id)).status is JobStatus.FAILED  # ... but every read sees the failure
     assert jobs.storage_problem().startswith("the job store refused a write")
     store.full = False
-    jobs.delete_expired()  # the periodic clean-up records the failure once the store takes writes
+    asyncio.run(jobs.delete_expired())  # the periodic clean-up records the failure once the store takes writes
     assert store.get(record.id).status is JobStatus.FAILED and jobs.storage_problem() is None
 
 
@@ -130,11 +131,60 @@ def test_delete_frees_the_files_even_when_the_store_is_full(engine, tmp_path):
     jobs, store, record = asyncio.run(run())
     assert not jobs.files.job_dir(record.id).exists()
     with pytest.raises(LookupError):
-        jobs.get(record.id)  # reads as deleted although its row is still there
+        asyncio.run(jobs.get(record.id))  # reads as deleted although its row is still there
     assert store.get(record.id) is not None
     store.full = False
-    jobs.delete_expired()  # the periodic clean-up deletes the row once the store takes writes
+    asyncio.run(jobs.delete_expired())  # the periodic clean-up deletes the row once the store takes writes
     assert store.get(record.id) is None
+
+
+class SlowStore(JobStore):
+    """A store whose every call takes STORE_DELAY_S, as one behind a slow disk or a distant database."""
+
+    def _execute(self, query, params=()):
+        time.sleep(STORE_DELAY_S)
+        return super()._execute(query, params)
+
+    def _fetchone(self, query, params=()):
+        time.sleep(STORE_DELAY_S)
+        return super()._fetchone(query, params)
+
+    def _fetchall(self, query, params=()):
+        time.sleep(STORE_DELAY_S)
+        return super()._fetchall(query, params)
+
+
+STORE_DELAY_S = 0.25
+
+
+def test_job_store_calls_never_block_the_event_loop(engine, tmp_path):
+    """Creates, chunk updates, reads, pages and the clean-up each wait for a slow store, but on the
+    manager's store thread: the event loop keeps serving others meanwhile."""
+
+    async def run() -> float:
+        files = JobFiles(tmp_path)
+        jobs = JobManager(engine, files, SlowStore(files.database), "helios-tiny", 3600, ServerMetrics("helios-tiny"))
+        longest_gap, running = 0.0, True
+
+        async def ticker():
+            nonlocal longest_gap
+            last = time.monotonic()
+            while running:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                longest_gap, last = max(longest_gap, now - last), now
+
+        ticking = asyncio.create_task(ticker())
+        record = await jobs.create("a fox", VideoSamplingParams(**SMALL))  # insert, then two chunk updates
+        assert (await jobs.wait_final(record.id)).status is JobStatus.COMPLETED
+        assert [r.id for r in (await jobs.page(None, 10, "asc"))[0]] == [record.id]
+        assert await jobs.delete_expired() == 0
+        running = False
+        await ticking
+        return longest_gap
+
+    longest_gap = asyncio.run(run())
+    assert longest_gap < STORE_DELAY_S / 2, f"the event loop stood still for {longest_gap:.3f} s"
 
 
 def test_low_disk_space_refuses_new_videos_with_507_and_health_says_degraded(tmp_path):

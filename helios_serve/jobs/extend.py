@@ -41,7 +41,7 @@ async def extend_job(jobs, video_id: str, num_frames: int | None = None, seconds
     """Create, record and start the extension of ``video_id`` (``jobs``: the JobManager) by
     ``num_frames`` frames or ``seconds`` at its fps. JobNotFoundError, JobExpiredError,
     JobConflictError (not completed, history gone), InvalidRequestError, QueueFullError, StorageError."""
-    original = jobs.get(video_id)
+    original = await jobs.get(video_id)
     trimmed = check_extendable(jobs.files, original)
     if (num_frames is None) == (seconds is None):
         raise InvalidRequestError("give seconds or num_frames (how much to add), not both", "num_frames")
@@ -56,7 +56,7 @@ async def extend_job(jobs, video_id: str, num_frames: int | None = None, seconds
         num_frames=spec.output_frames, fps=original.fps, total_chunks=spec.num_chunks,
         chunks_completed=spec.start_chunk, owner=jobs.owner,
     )
-    jobs._start(record, spec)
+    await jobs._start(record, spec)
     logger.info("%s extends %s from chunk %d to %d chunks", job_id, video_id, spec.start_chunk, spec.num_chunks)
     return record
 
@@ -158,12 +158,12 @@ def copy_history(files: JobFiles, original: JobRecord, job_id: str, trimmed: boo
             shutil.copyfile(source, target)
 
 
-def finish_stored(jobs, record: JobRecord) -> None:
+async def finish_stored(jobs, record: JobRecord) -> None:
     """A job stopped after its last chunk was stored (its snapshot says every chunk is done) but
     before its row said so: the final MP4 from its segments, and the row completed."""
     if not record.request.get("live") or record.request.get("keep"):  # a live stream has no MP4 unless kept
-        ChunkSink(jobs.files, record.id, record.fps, record.num_frames).finish()
+        await asyncio.to_thread(ChunkSink(jobs.files, record.id, record.fps, record.num_frames).finish)
     now = int(time.time())
-    jobs._write(jobs.store.update, record.id, status=JobStatus.COMPLETED, chunks_completed=record.total_chunks,
+    await jobs._write(jobs.store.update, record.id, status=JobStatus.COMPLETED, chunks_completed=record.total_chunks,
                 progress=100, completed_at=now, expires_at=now + int(jobs.retention_s))
     logger.info("%s had stored its last chunk before the restart: completed", record.id)

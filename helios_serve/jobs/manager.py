@@ -6,15 +6,20 @@ handle. One asyncio task per running job consumes the engine's chunks: each is w
 job's ChunkSink (segment, then snapshot; after the last chunk, the final MP4), then the row is
 updated, then listeners are told, so a crash at any point leaves a consistent job that resumes
 from its last completed chunk.
+
+Every store call runs on the manager's one store thread (``_stored``), never on the event loop:
+a slow disk or a database server across the network then holds up no other client, and one
+thread keeps the calls in the order they were made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import (
     InvalidRequestError,
@@ -64,6 +69,12 @@ class JobManager:
         self._deleted: set[str] = set()
         self.store_error: str | None = None
         """The last write the store refused, until one succeeds again (reported by /health)."""
+        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-store")
+
+    async def _stored(self, call, *args, **kwargs):
+        """``call(*args, **kwargs)``, a method of the store, run on the store thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_thread, functools.partial(call, *args, **kwargs))
 
     # -- creating --------------------------------------------------------------------------------
     async def create(self, prompt: str, params: VideoSamplingParams, uploads: dict[str, bytes] | None = None, *,
@@ -79,7 +90,7 @@ class JobManager:
         Raises InvalidRequestError or QueueFullError (nothing is recorded then). ``job_id`` is
         given by the Ray ingress, which may send a create again after a replica died
         mid-request: a job that already exists is returned, not made twice."""
-        if job_id is not None and (existing := self.store.get(job_id)) is not None:
+        if job_id is not None and (existing := await self.find(job_id)) is not None:
             return existing
         self._check_free_space()
         job_id = job_id or new_job_id()
@@ -96,18 +107,18 @@ class JobManager:
             request=settings, width=spec.width, height=spec.height, num_frames=spec.output_frames,
             fps=params.fps or self.engine.variant.default_fps, total_chunks=spec.num_chunks, owner=self.owner,
         )
-        self._start(record, spec)
+        await self._start(record, spec)
         return record
 
-    def _start(self, record: JobRecord, spec: RequestSpec) -> None:
+    async def _start(self, record: JobRecord, spec: RequestSpec) -> None:
         """Record a new job, then hand it to the engine. The row first: a job the engine has always
         has a row (a restart resumes it), and a create that fails at any point leaves neither a row
         nor files nor engine work behind."""
         try:
-            self._write(self.store.insert, record)
+            await self._write(self.store.insert, record)
             self._submit(record, spec)
         except Exception:
-            self._forget(record.id)
+            await self._forget(record.id)
             raise
 
     def _check_free_space(self) -> None:
@@ -132,19 +143,20 @@ class JobManager:
             self.files.remove(job_id)
             raise StorageError(f"the upload could not be stored: {exc.strerror or type(exc).__name__}") from None
 
-    def _forget(self, job_id: str) -> None:
+    async def _forget(self, job_id: str) -> None:
         """Undo a create: no row (if one was written), no files."""
         self.files.remove(job_id)
         try:
-            self.store.delete(job_id)
-        except sqlite3.Error:
+            await self._stored(self.store.delete, job_id)
+        except self.store.driver_errors():
             logger.warning("could not remove the row of the failed create %s", job_id)
 
-    def _write(self, write, *args, **changes) -> None:
-        """A store write; StorageError when the store refuses it (a full disk, an I/O error)."""
+    async def _write(self, write, *args, **changes) -> None:
+        """A store write; StorageError when the store refuses it (a full disk, an I/O error, a
+        database server gone)."""
         try:
-            write(*args, **changes)
-        except sqlite3.Error as exc:
+            await self._stored(write, *args, **changes)
+        except self.store.driver_errors() as exc:
             self.store_error = f"the job store refused a write: {exc}"
             raise StorageError(f"the job store cannot be written ({exc}); retry later") from None
         self.store_error = None
@@ -211,7 +223,7 @@ class JobManager:
                 last_chunk_time = now
                 await asyncio.to_thread(sink.write, chunk)
                 metrics.frames_generated.inc(len(chunk.frames))
-                self._write(self.store.update, job_id, status=JobStatus.IN_PROGRESS,
+                await self._write(self.store.update, job_id, status=JobStatus.IN_PROGRESS,
                             chunks_completed=chunk.chunk_index + 1, progress=self._percent(handle.progress()),
                             timings=timings)
                 self._publish(job_id, ChunkReady(chunk.chunk_index, len(chunk.frames), record.total_chunks))
@@ -225,11 +237,11 @@ class JobManager:
                 timings.setdefault("queue_time_s", queued)
             now = int(time.time())
             if end_reason:  # read again: the settings may have changed meanwhile (a new prompt)
-                current = self.store.get(job_id)
+                current = await self.find(job_id)
                 ended = {"request": {**(current or record).request, "end_reason": end_reason}}
             else:
                 ended = {}
-            self._write(self.store.update, job_id, status=JobStatus.COMPLETED, progress=100, completed_at=now,
+            await self._write(self.store.update, job_id, status=JobStatus.COMPLETED, progress=100, completed_at=now,
                         expires_at=now + int(self.retention_s), timings=timings, **ended)
             metrics.on_job_finished("completed", time.monotonic() - submitted, handle.progress().queue_time_s)
             self._publish(job_id, JobEnded(JobStatus.COMPLETED))
@@ -238,48 +250,48 @@ class JobManager:
             metrics.on_job_finished("timeout" if timed_out else "cancelled", time.monotonic() - submitted,
                                     handle.progress().queue_time_s)
             if timed_out:
-                self._fail(job_id, "timeout", str(exc))
+                await self._fail(job_id, "timeout", str(exc))
         except RequestFailedError as exc:
             metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
-            self._fail(job_id, "generation_failed", str(handle.progress().error or exc))
+            await self._fail(job_id, "generation_failed", str(handle.progress().error or exc))
         except OSError as exc:  # a full disk or an I/O error while writing the video or its row
             logger.error("job %s failed: cannot write its video: %s", job_id, exc)
             self.engine.abort(job_id)
             metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
             reason = str(exc) if isinstance(exc, StorageError) else exc.strerror or type(exc).__name__
-            self._fail(job_id, "storage_error", f"the video could not be written: {reason}")
+            await self._fail(job_id, "storage_error", f"the video could not be written: {reason}")
         except Exception as exc:  # noqa: BLE001 - a job's failure must not take the server down
             logger.exception("job %s failed", job_id)
             self.engine.abort(job_id)
             metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
-            self._fail(job_id, "internal_error", f"{type(exc).__name__} while writing the video")
+            await self._fail(job_id, "internal_error", f"{type(exc).__name__} while writing the video")
         finally:
             self._handles.pop(job_id, None)
             self._tasks.pop(job_id, None)
-            if (ended := self._ended(job_id, handle)) is not None:
+            if (ended := await self._ended(job_id, handle)) is not None:
                 log_request_done(ended, time.monotonic() - submitted)
 
-    def _ended(self, job_id: str, handle) -> JobRecord | None:
+    async def _ended(self, job_id: str, handle) -> JobRecord | None:
         """The record of a job whose run ended, for the request log line; None when the server
         stopped first (the job resumes at the next start) or the store cannot be read."""
         try:
-            record = self.get(job_id)
+            record = await self.get(job_id)
         except Exception:  # noqa: BLE001 - a log line must not fail a job
             return None
         if record.status in ACTIVE_STATUSES and not handle.progress().status.is_finished:
             return None
         return record
 
-    def _fail(self, job_id: str, code: str, message: str) -> None:
+    async def _fail(self, job_id: str, code: str, message: str) -> None:
         """Record a job's failure and tell its listeners; if the store refuses the write, the
         failure is kept in memory (reads see it) so no listener waits forever."""
-        if job_id in self._deleted or self.store.get(job_id) is None:
+        if job_id in self._deleted or await self.find(job_id) is None:
             return  # deleted meanwhile
         now = int(time.time())
         changes = dict(status=JobStatus.FAILED, error_code=code, error_message=message, completed_at=now,
                        expires_at=now + int(self.retention_s))
         try:
-            self._write(self.store.update, job_id, **changes)
+            await self._write(self.store.update, job_id, **changes)
         except StorageError:
             self._unsaved[job_id] = changes
         self._publish(job_id, JobEnded(JobStatus.FAILED, code, message))
@@ -298,7 +310,7 @@ class JobManager:
         if type(transition_chunks) is not int or not 0 <= transition_chunks <= 1000:
             raise InvalidRequestError(f"transition_chunks must be an integer from 0 to 1000, got {transition_chunks!r}",
                                       "transition_chunks")
-        record = self.get(job_id)
+        record = await self.get(job_id)
         if record.status not in ACTIVE_STATUSES or job_id not in self._handles:
             raise JobConflictError(f"video {job_id} is {record.status}; its prompt can no longer change",
                                    "video_not_running")
@@ -313,7 +325,7 @@ class JobManager:
         except ValueError as exc:
             raise JobConflictError(f"video {job_id}: {exc}", "no_chunk_left") from None
         # Read again: chunks completed while the prompt was encoded are recorded in the row meanwhile.
-        record = self.get(job_id)
+        record = await self.get(job_id)
         settings = dict(record.request)
         schedule = settings.get("prompt_schedule") or [{"from_chunk": 0, "prompt": settings["prompt"],
                                                         "transition_chunks": 0}]
@@ -326,7 +338,7 @@ class JobManager:
             schedule.append({"from_chunk": from_chunk, "prompt": prompt, "transition_chunks": transition_chunks})
             changes = {}
         settings["prompt_schedule"] = schedule
-        self._write(self.store.update, job_id, request=settings, **changes)
+        await self._write(self.store.update, job_id, request=settings, **changes)
         self._publish(job_id, PromptChanged(from_chunk, prompt, transition_chunks))
         return from_chunk, dataclasses.replace(record, request=settings, **changes)
 
@@ -338,13 +350,21 @@ class JobManager:
         return await extend_job(self, video_id, num_frames, seconds, prompt, seed, transition_chunks)
 
     # -- reading -----------------------------------------------------------------------------------
-    def get(self, job_id: str) -> JobRecord:
+    async def get(self, job_id: str) -> JobRecord:
         known = job_id.startswith("video_") and job_id not in self._deleted
-        record = self.store.get(job_id) if known else None
+        record = await self._stored(self.store.get, job_id) if known else None
         if record is None:
             raise JobNotFoundError(f"no video with id {job_id!r}")
         unsaved = self._unsaved.get(job_id)
         return dataclasses.replace(record, **unsaved) if unsaved else record
+
+    async def page(self, after: str | None, limit: int, order: str) -> tuple[list[JobRecord], bool]:
+        """Up to ``limit`` jobs after the id ``after`` in creation ``order``, and whether more follow."""
+        return await self._stored(self.store.page, after, limit, order)
+
+    async def find(self, job_id: str) -> JobRecord | None:
+        """The job's stored record, or None when there is none (deleted)."""
+        return await self._stored(self.store.get, job_id)
 
     @staticmethod
     def _percent(progress) -> int:
@@ -385,7 +405,7 @@ class JobManager:
         """The job's record once it is completed or failed (or JobNotFoundError if deleted)."""
         events = self.subscribe(job_id)
         try:
-            while not (record := self.get(job_id)).status.is_final:
+            while not (record := await self.get(job_id)).status.is_final:
                 try:
                     await asyncio.wait_for(events.get(), timeout=1.0)
                 except asyncio.TimeoutError:
@@ -396,22 +416,22 @@ class JobManager:
 
     # -- deleting, resuming, expiring --------------------------------------------------------------
     async def delete(self, job_id: str) -> None:
-        self.get(job_id)
+        await self.get(job_id)
         if job_id in self._handles:
             self.engine.abort(job_id)  # the engine frees the slot at its next step
         task = self._tasks.get(job_id)
         if task is not None:
             await asyncio.wait([task], timeout=10)
         self.files.remove(job_id)  # the space first: a full disk is when deleting matters most
-        self._delete_row(job_id)
+        await self._delete_row(job_id)
         self._publish(job_id, JobEnded(JobStatus.FAILED, CANCELLED, "the video was deleted"))
 
-    def _delete_row(self, job_id: str) -> None:
+    async def _delete_row(self, job_id: str) -> None:
         """Delete a row; if the store refuses, the job reads as deleted and the row goes later."""
         self._deleted.add(job_id)
         self._unsaved.pop(job_id, None)
         try:
-            self._write(self.store.delete, job_id)
+            await self._write(self.store.delete, job_id)
         except StorageError as exc:
             logger.warning("%s: its files are deleted, its row will be when the store can be written (%s)", job_id, exc)
             return
@@ -421,51 +441,55 @@ class JobManager:
         """Why new videos cannot be stored now (low disk space, a store refusing writes), or None."""
         return self._low_disk() or self.store_error
 
-    def resume_interrupted(self) -> list[str]:
+    async def resume_interrupted(self) -> list[str]:
         """Restart the jobs a crash or restart interrupted, each from its last completed chunk."""
-        return [record.id for record in self.store.with_status(ACTIVE_STATUSES) if self._resume(record)]
+        interrupted = await self._stored(self.store.with_status, ACTIVE_STATUSES)
+        return [record.id for record in interrupted if await self._resume(record)]
 
-    def adopt(self, job_ids: list[str], previous_owner: str) -> list[str]:
+    async def adopt(self, job_ids: list[str], previous_owner: str) -> list[str]:
         """Take over unfinished jobs of a replica that died, each from its last completed chunk."""
         adopted = []
         for job_id in job_ids:
-            record = self.store.get(job_id)
+            record = await self.find(job_id)
             if record is None or record.status not in ACTIVE_STATUSES:
                 continue
-            if self.store.claim(job_id, previous_owner, self.owner) and self._resume(record):
+            if await self._stored(self.store.claim, job_id, previous_owner, self.owner) and await self._resume(record):
                 adopted.append(job_id)
         return adopted
 
-    def _resume(self, record: JobRecord) -> bool:
+    def _resumed_spec(self, record: JobRecord) -> RequestSpec:
+        """The spec of an interrupted job, from its last snapshot (its inputs decoded again)."""
+        spec = self._spec(record.id, record.request)
         snapshot = self.files.snapshot(record.id)
+        return self.engine.resumed(spec, str(snapshot)) if snapshot.exists() else spec
+
+    async def _resume(self, record: JobRecord) -> bool:
         try:
-            spec = self._spec(record.id, record.request)
-            if snapshot.exists():
-                spec = self.engine.resumed(spec, str(snapshot))
+            spec = await asyncio.to_thread(self._resumed_spec, record)
             if spec.start_chunk >= spec.num_chunks:  # stopped after its last chunk was stored, before its row said so
-                finish_stored(self, record)
+                await finish_stored(self, record)
                 return False
             self._submit(record, spec)
             logger.info("resuming %s after %d of %d chunks", record.id, spec.start_chunk, record.total_chunks)
             return True
         except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others resuming
             logger.warning("cannot resume %s: %s", record.id, exc)
-            self._fail(record.id, "resume_failed", f"could not resume after a restart: {exc}")
+            await self._fail(record.id, "resume_failed", f"could not resume after a restart: {exc}")
             return False
 
-    def delete_expired(self) -> int:
+    async def delete_expired(self) -> int:
         """Delete expired videos; record what a failing store refused before (final states, deletions)."""
         for job_id, changes in list(self._unsaved.items()):
             try:
-                self._write(self.store.update, job_id, **changes)
+                await self._write(self.store.update, job_id, **changes)
             except StorageError:
                 break
             del self._unsaved[job_id]
         for job_id in list(self._deleted):
-            self._delete_row(job_id)
-        expired = self.store.expired(int(time.time()))
+            await self._delete_row(job_id)
+        expired = await self._stored(self.store.expired, int(time.time()))
         for job_id in expired:
             if job_id not in self._handles:
                 self.files.remove(job_id)
-                self._delete_row(job_id)
+                await self._delete_row(job_id)
         return len(expired)

@@ -202,7 +202,7 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
         order: str = Query(default="desc", pattern="^(asc|desc)$"),
     ) -> VideoList:
         jobs = state.require_jobs()
-        records, has_more = jobs.store.page(after, limit, order)
+        records, has_more = await jobs.page(after, limit, order)
         data = [video_object(jobs, r) for r in records]
         return VideoList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                          has_more=has_more)
@@ -210,7 +210,7 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
     @app.get("/v1/videos/{video_id}", dependencies=auth, response_model=VideoObject)
     async def retrieve_video(video_id: str) -> JSONResponse:
         jobs = state.require_jobs()
-        view = video_object(jobs, jobs.get(video_id))
+        view = video_object(jobs, await jobs.get(video_id))
         return JSONResponse(view.model_dump(), headers={"openai-poll-after-ms": POLL_AFTER_MS})
 
     @app.delete("/v1/videos/{video_id}", dependencies=auth, response_model=VideoDeleted)
@@ -249,7 +249,7 @@ def build_app(config: HeliosConfig, replica_id: str | None = None) -> FastAPI:
     @app.get("/v1/videos/{video_id}/content", dependencies=auth, response_class=FileResponse)
     async def video_content(video_id: str, variant: str = Query(default="video", pattern="^(video|thumbnail)$")):
         jobs = state.require_jobs()
-        record = jobs.get(video_id)
+        record = await jobs.get(video_id)
         if variant == "thumbnail" and jobs.files.thumbnail(video_id).exists():
             return FileResponse(jobs.files.thumbnail(video_id), media_type="image/webp")
         if record.request.get("live") and not record.request.get("keep"):

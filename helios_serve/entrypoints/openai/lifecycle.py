@@ -39,7 +39,7 @@ async def load_engine(state) -> None:
                           max_stream_seconds=config.server.max_stream_seconds,
                           max_kept_stream_bytes=int(config.server.max_kept_stream_mb * 2**20))
         # A replica of a Ray deployment leaves interrupted jobs to the router (see replica.py).
-        resumed = jobs.resume_interrupted() if state.replica_id is None else []
+        resumed = await jobs.resume_interrupted() if state.replica_id is None else []
         state.jobs = jobs
         logger.info("ready at %s: %s (%d interrupted job(s) resumed)", config.server.url, model, len(resumed))
     except Exception as exc:  # noqa: BLE001 - reported by /health, /ready and the log
@@ -74,6 +74,6 @@ async def periodic_cleanup(state) -> None:
     while True:
         await asyncio.sleep(CLEANUP_INTERVAL_S)
         if state.jobs is not None:
-            removed = state.jobs.delete_expired()
+            removed = await state.jobs.delete_expired()
             if removed:
                 logger.info("removed %d expired video(s)", removed)

@@ -36,4 +36,4 @@ def install_replica_routes(app: FastAPI, state, auth: list) -> None:
 
     @app.post("/internal/adopt", dependencies=auth, include_in_schema=False)
     async def adopt(request: AdoptRequest) -> dict:
-        return {"adopted": state.require_jobs().adopt(request.job_ids, request.previous_owner)}
+        return {"adopted": await state.require_jobs().adopt(request.job_ids, request.previous_owner)}

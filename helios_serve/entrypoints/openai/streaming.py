@@ -103,7 +103,7 @@ def install_streaming(app: FastAPI, state, auth) -> None:
         """Server-sent events. Each chunk event's ``id`` is the number of chunks announced so far;
         a client that reconnects with ``Last-Event-ID`` hears only the chunks after it."""
         jobs = state.require_jobs()
-        jobs.get(video_id)
+        await jobs.get(video_id)
         seen = _chunks_seen(request.headers.get("last-event-id"))
         return StreamingResponse(_event_stream(jobs, video_id, seen), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -112,13 +112,13 @@ def install_streaming(app: FastAPI, state, auth) -> None:
     async def stream_url(video_id: str) -> dict:
         """The playlist's URL (relative to the server) with a token in it, for a player that
         cannot send the API key; it works for STREAM_TOKEN_TTL_S seconds."""
-        state.require_jobs().get(video_id)
+        await state.require_jobs().get(video_id)
         query, expires = token_query(video_id)
         return {"url": f"/v1/videos/{video_id}/stream.m3u8{query}", "expires_at": expires}
 
     @app.get("/v1/videos/{video_id}/stream.m3u8", dependencies=stream_auth)
     async def playlist(video_id: str) -> Response:
-        record = state.require_jobs().get(video_id)
+        record = await state.require_jobs().get(video_id)
         if record.status is JobStatus.FAILED:
             raise JobConflictError(f"video {video_id} failed: {record.error_message}", "video_failed")
         text = hls_playlist(record.chunks_completed, record.num_frames, record.fps,
@@ -129,7 +129,7 @@ def install_streaming(app: FastAPI, state, auth) -> None:
     @app.get("/v1/videos/{video_id}/stream/{name}", dependencies=stream_auth)
     async def segment(video_id: str, name: str) -> Response:
         jobs = state.require_jobs()
-        jobs.get(video_id)
+        await jobs.get(video_id)
         missing = ApiError(404, "not_found", f"no segment {name!r} (yet) for video {video_id}", "name")
         if not SEGMENT_NAME.match(name):
             raise missing
@@ -192,7 +192,7 @@ def _chunks_seen(last_event_id: str | None) -> int:
 async def _event_stream(jobs, video_id: str, chunks_seen: int = 0):
     queue = jobs.subscribe(video_id)
     try:
-        record = jobs.get(video_id)
+        record = await jobs.get(video_id)
         yield f"retry: {RECONNECT_MS}\n\n".encode()
         # A late subscriber first hears the chunks so far (a live stream's: those of its playlist),
         # a reconnecting one those after its Last-Event-ID.
@@ -227,7 +227,7 @@ async def _event_stream(jobs, video_id: str, chunks_seen: int = 0):
                 yield _sse("prompt", {"from_chunk": event.from_chunk, "prompt": event.prompt,
                                       "transition_chunks": event.transition_chunks})
                 continue
-            record = jobs.store.get(video_id)
+            record = await jobs.find(video_id)
             if record is None:  # deleted
                 message = public_message(event.error_message or "")
                 yield _sse(JobStatus.FAILED, {"code": event.error_code, "message": message})
