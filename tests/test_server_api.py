@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import time
 
 import av
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 SMALL = {"size": "128x64"}
 
@@ -108,6 +111,55 @@ def test_same_seed_same_video(server):
 
     a, b, c = sync(1), sync(1), sync(2)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def png_bytes(seed: int) -> bytes:
+    image = np.random.default_rng(seed).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    return png.getvalue()
+
+
+def test_multipart_prompt_schedule_is_json_text(server):
+    schedule = [{"from_chunk": 0, "prompt": "a fox", "transition_chunks": 0},
+                {"from_chunk": 1, "prompt": "a deer", "transition_chunks": 1}]
+    form = {"prompt": "a fox", "num_frames": "66", **SMALL, "prompt_schedule": json.dumps(schedule)}
+    created = httpx.post(f"{server.api}/videos", files=multipart(form))
+    assert created.status_code == 200, created.text
+    assert httpx.get(f"{server.api}/videos/{created.json()['id']}").json()["prompt_schedule"] == schedule
+    for text, status, says in (("[{not json", 422, "not valid JSON"), ("[" * 100 + "]" * 100, 400, "nested")):
+        refused = httpx.post(f"{server.api}/videos", files=multipart({**form, "prompt_schedule": text}))
+        assert refused.status_code == status and refused.json()["error"]["param"] == "prompt_schedule", refused.text
+        assert says in refused.json()["error"]["message"]
+
+
+def test_multipart_input_reference_as_a_data_url_is_the_upload(server):
+    """As text, an image is read as a JSON body's would be, the same answer as the file's: helios-tiny
+    (no VAE) refuses image inputs, a refusal that shows the image reached the model."""
+    def create(reference) -> httpx.Response:
+        """``reference``: the input_reference part, a file (name, bytes, type) or text."""
+        form = multipart({"prompt": "from a picture", "num_frames": "33", **SMALL})
+        form["input_reference"] = reference if isinstance(reference, tuple) else (None, reference)
+        return httpx.post(f"{server.api}/videos", files=form)
+
+    png = png_bytes(1)
+    from_file = create(("start.png", png, "image/png"))
+    assert from_file.status_code == 422 and "VAE" in from_file.json()["error"]["message"], from_file.text
+    for text in ("data:image/png;base64," + base64.b64encode(png).decode(), base64.b64encode(png).decode()):
+        from_text = create(text)
+        assert (from_text.status_code, from_text.json()) == (from_file.status_code, from_file.json()), from_text.text
+
+
+@pytest.mark.parametrize("field", ["input_reference", "video_reference"])
+def test_multipart_reference_text_must_be_base64(server, field):
+    form = multipart({"prompt": "x", "num_frames": "33", **SMALL, field: "https://example.com/x.png"})
+    refused = httpx.post(f"{server.api}/videos", files=form)
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == field, refused.text
+    assert "file upload or a base64 data URL" in refused.json()["error"]["message"]
+    text = "data:image/png;base64," + base64.b64encode(png_bytes(1)).decode()
+    both = httpx.post(f"{server.api}/videos", files=[*multipart({"prompt": "x", field: text}).items(),
+                                                      (field, ("x.png", png_bytes(1), "image/png"))])
+    assert both.status_code == 422 and both.json()["error"]["param"] == field, both.text
 
 
 def test_models_health_ready_metrics(server):

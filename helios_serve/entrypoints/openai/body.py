@@ -16,6 +16,8 @@ from .protocol import VideoCreateRequest
 
 LIST_FIELDS = {name for name, item in FIELDS.items() if item.metadata["kind"] == tuple[int, ...]}
 FILE_FIELDS = {"input_reference": "image", "video_reference": "video"}
+JSON_FORM_FIELDS = {"extra_params", "prompt_schedule"}
+"""Fields a multipart body carries as JSON text: an object (extra_params), a list of objects."""
 DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,(?P<data>.*)$", re.DOTALL)
 
 
@@ -104,7 +106,7 @@ def _form_value(name: str, values: list[str]):
                 return parse_json(text, name, name)
             return [part.strip() for part in text.split(",") if part.strip()]
         return values
-    if name == "extra_params":
+    if name in JSON_FORM_FIELDS:
         return parse_json(values[0], name, name)
     return values[-1]
 
@@ -118,23 +120,13 @@ async def parse_create_request(request: Request) -> tuple[VideoCreateRequest, di
     """(validated request, uploaded files by kind). Raises ValidationError or ApiError (4xx).
 
     The body is JSON or multipart (web_safety.py refuses other types before a route runs)."""
-    uploads: dict[str, bytes] = {}
     if media_type(request.headers.get("content-type", "")) == "multipart/form-data":
-        form = await request.form(max_files=4, max_fields=200)
-        fields: dict[str, list[str]] = {}
-        for raw_name, value in form.multi_items():
-            name = raw_name.removesuffix("[]")
-            if isinstance(value, UploadFile):
-                if name not in FILE_FIELDS:
-                    raise invalid(f"{name}: unexpected file upload", name)
-                uploads[FILE_FIELDS[name]] = await value.read()
-                continue
-            fields.setdefault(name, []).append(value)
-        data = {name: _form_value(name, values) for name, values in fields.items()}
+        data, uploads = await _read_form(request)
     else:
         data = parse_json(await request.body() or b"null")
         if not isinstance(data, dict):
             raise invalid("the body must be a JSON object")
+        uploads = {}
         for name, kind in FILE_FIELDS.items():
             if isinstance(data.get(name), str):
                 try:
@@ -143,6 +135,43 @@ async def parse_create_request(request: Request) -> tuple[VideoCreateRequest, di
                     raise invalid(str(exc), name) from None
     body = VideoCreateRequest.model_validate(data)
     return body, uploads
+
+
+async def _read_form(request: Request) -> tuple[dict, dict[str, bytes]]:
+    """(the fields as the JSON body would give them, uploaded files by kind) of a multipart body.
+
+    An image or video comes as a file upload or, as in a JSON body, as base64 text."""
+    form = await request.form(max_files=4, max_fields=200)
+    fields: dict[str, list[str]] = {}
+    files: dict[str, list[UploadFile]] = {}
+    for raw_name, value in form.multi_items():
+        name = raw_name.removesuffix("[]")
+        if isinstance(value, UploadFile):
+            if name not in FILE_FIELDS:
+                raise invalid(f"{name}: unexpected file upload", name)
+            files.setdefault(name, []).append(value)
+        else:
+            fields.setdefault(name, []).append(value)
+    uploads: dict[str, bytes] = {}
+    for name, kind in FILE_FIELDS.items():
+        given = files.get(name, []) + fields.get(name, [])
+        if len(given) > 1:  # which one was meant is a guess: refused rather than one silently dropped
+            raise invalid(f"{name}: give one file upload or one base64 data URL, not {len(given)}", name)
+        if given:
+            uploads[kind] = await _form_upload(name, given[0])
+    # Text inputs stay among the fields, as in a JSON body: the request's checks see them.
+    return {name: _form_value(name, values) for name, values in fields.items()}, uploads
+
+
+async def _form_upload(name: str, value: UploadFile | str) -> bytes:
+    """The bytes of a multipart image or video: a file upload, or text that is a base64 data URL."""
+    if isinstance(value, UploadFile):
+        return await value.read()
+    try:
+        return decode_base64(value, name)
+    except ValueError:
+        raise invalid(f"{name} must be a file upload or a base64 data URL (no web URLs: this server does not "
+                      "fetch)", name) from None
 
 
 def decode_base64(value: str, field: str) -> bytes:

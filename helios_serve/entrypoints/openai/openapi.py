@@ -68,12 +68,13 @@ BODY_EXAMPLES = {
 starts from it (an example built from every field's own would combine fields that exclude each
 other, seconds and num_frames)."""
 FORM_FILES = {
-    "input_reference": "image to start from (image-to-video): an image file; not with video_reference",
-    "video_reference": "video to continue (video-to-video): a video file of at least 33 frames",
+    "input_reference": "image to start from (image-to-video): an image file (or a base64 data URL as text); not "
+                       "with video_reference",
+    "video_reference": "video to continue (video-to-video): a video file of at least 33 frames (or a base64 data "
+                       "URL as text)",
 }
-"""The create fields that a multipart body sends as file uploads (body.py's FILE_FIELDS)."""
-JSON_ONLY_FIELDS = ("prompt_schedule",)
-"""Create fields a multipart body cannot carry: body.py's form reader passes them on as text."""
+"""The create fields that a multipart body sends as file uploads (body.py's FILE_FIELDS); body.py
+also reads them from text, as a JSON body gives them."""
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_PATH = "/static"
 SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
@@ -134,13 +135,12 @@ def error_statuses(path: str, method: str) -> set[int]:
 
 def create_form_schema(create: dict) -> dict:
     """The multipart body of a create, from the JSON body's schema: the same fields as form fields
-    (lists repeated or comma-separated, extra_params as JSON text), the image and video as files."""
+    (lists repeated or comma-separated, extra_params and prompt_schedule as JSON text, OpenAPI's
+    default encoding of an object or array part), the image and video as files."""
     form = copy.deepcopy(create)
     form["title"] = "VideoCreateForm"
-    form["description"] = ("POST /v1/videos as multipart/form-data: the fields of the JSON body (prompt_schedule "
-                           "only in JSON), the image or video to start from as a file upload.")
-    for name in JSON_ONLY_FIELDS:
-        del form["properties"][name]
+    form["description"] = ("POST /v1/videos as multipart/form-data: the fields of the JSON body (extra_params and "
+                           "prompt_schedule as JSON text), the image or video to start from as a file upload.")
     for name, description in FORM_FILES.items():
         form["properties"][name] = {"type": "string", "format": "binary", "description": description}
     return form
