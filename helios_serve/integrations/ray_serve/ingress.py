@@ -22,7 +22,14 @@ from ...entrypoints.openai.replica import JOB_ID_HEADER
 from ...jobs.storage import JobFiles, new_job_id
 from ...jobs.status import ACTIVE_STATUSES
 from ...jobs.store import open_job_store
-from .routing import ReplicaView, dead_instances, least_loaded, merge_metrics, orphaned_jobs
+from .routing import (
+    ReplicaView,
+    dead_instances,
+    least_loaded,
+    merge_metrics,
+    orphaned_jobs,
+    replica_count_metrics,
+)
 
 logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.5
@@ -44,7 +51,9 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 @serve.deployment(max_ongoing_requests=1000)
 @serve.ingress(app)
 class HeliosIngress:
-    def __init__(self, replicas: dict, data_dir: str, api_key: str | None, job_store: str | None = None):
+    def __init__(self, replicas: dict, data_dir: str, api_key: str | None, job_store: str | None,
+                 model_name: str):
+        self.model_name = model_name  # the served model name: the model_name label of the ingress's gauges
         self.handles = replicas  # slot -> DeploymentHandle of a HeliosReplica deployment
         self.views = {slot: ReplicaView(slot) for slot in replicas}
         self.store = open_job_store(job_store or JobFiles(data_dir).database)
@@ -107,13 +116,9 @@ class HeliosIngress:
         answers = await asyncio.gather(*(self.client.get(f"{v.url}/metrics", timeout=5) for v in live),
                                        return_exceptions=True)
         texts = {v.slot: a.text for v, a in zip(live, answers) if isinstance(a, httpx.Response) and a.is_success}
-        lines = [
-            "# HELP helios:replicas_ready Engine replicas ready to serve.", "# TYPE helios:replicas_ready gauge",
-            f"helios:replicas_ready {sum(v.ready for v in self.views.values())}",
-            "# HELP helios:replicas Engine replicas deployed.", "# TYPE helios:replicas gauge",
-            f"helios:replicas {len(self.views)}",
-        ]
-        return Response(merge_metrics(texts) + "\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+        ready = sum(v.ready for v in self.views.values())
+        own = replica_count_metrics(self.model_name, ready, len(self.views))
+        return Response(merge_metrics(texts) + own, media_type="text/plain; version=0.0.4")
 
     # -- forwarding ------------------------------------------------------------------------------
     @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"])
@@ -128,7 +133,7 @@ class HeliosIngress:
             job_id = headers[JOB_ID_HEADER] = new_job_id()  # the same id if the create must go elsewhere
         body = await request.body()  # kept, so the request can go to another replica
         tried: set[str] = set()
-        while (target := self._target(creating, path, tried)) is not None:
+        while (target := await self._target(creating, path, tried)) is not None:
             upstream = self.client.build_request(method, f"{target.url}{path}", params=request.query_params,
                                                  headers=headers, content=body)
             if creating:
@@ -153,18 +158,18 @@ class HeliosIngress:
                                      background=BackgroundTask(answer.aclose))
         return _error(503, "no_replica_ready", "no engine replica is ready; retry shortly", {"Retry-After": "5"})
 
-    def _target(self, creating: bool, path: str, tried: set[str]) -> ReplicaView | None:
+    async def _target(self, creating: bool, path: str, tried: set[str]) -> ReplicaView | None:
         views = [v for v in self.views.values() if v.slot not in tried]
-        owner = None if creating else self._owner_of(path)
+        owner = None if creating else await self._owner_of(path)
         return owner if owner is not None and owner.slot not in tried else least_loaded(views)
 
-    def _owner_of(self, path: str) -> ReplicaView | None:
+    async def _owner_of(self, path: str) -> ReplicaView | None:
         """The live replica that owns the job named in the path, if any (others can read the
         shared store and files, e.g. for the videos of a replica that died)."""
         parts = path.split("/")
         if len(parts) < 4 or parts[1:3] != ["v1", "videos"]:
             return None
-        record = self.store.get(parts[3])
+        record = await asyncio.to_thread(self.store.get, parts[3])  # a database query: off the event loop
         return next((v for v in self.views.values() if record and v.ready and v.instance == record.owner), None)
 
     # -- the realtime WebSocket ------------------------------------------------------------------

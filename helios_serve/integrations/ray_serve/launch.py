@@ -34,7 +34,8 @@ def build_application(config: HeliosConfig, replicas: int, gpus_per_replica: flo
         for i in range(replicas)
     }
     ingress = HeliosIngress.options(name="helios-ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.bind(slots, config.server.data_dir, config.server.api_key, config.server.job_store)
+    return ingress.bind(slots, config.server.data_dir, config.server.api_key, config.server.job_store,
+                        config.served_model_names[0])  # the model_name the replicas label their metrics with
 
 
 def replica_options(cpus: float, gpus: float) -> dict:

@@ -130,6 +130,19 @@ def _ratio_totals(ratio: str, numerators: dict[tuple, float], denominators: dict
             for (_, labels), value in denominators.items() if value}
 
 
+def replica_count_metrics(model_name: str, ready: int, deployed: int) -> str:
+    """The ingress's own gauges, labelled with the served model name like every ``helios:`` series
+    of the replicas, so one ``model_name`` selector picks a deployment's series."""
+    labels = (("model_name", model_name),)
+    lines = [
+        "# HELP helios:replicas_ready Engine replicas ready to serve.", "# TYPE helios:replicas_ready gauge",
+        _sample_line("helios:replicas_ready", labels, float(ready)),
+        "# HELP helios:replicas Engine replicas deployed.", "# TYPE helios:replicas gauge",
+        _sample_line("helios:replicas", labels, float(deployed)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _sample_line(name: str, labels: tuple, value: float) -> str:
     rendered = ",".join(f'{key}="{_escape(str(val))}"' for key, val in labels)
     return f"{name}{{{rendered}}} {value!r}" if rendered else f"{name} {value!r}"
