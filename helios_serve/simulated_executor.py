@@ -43,13 +43,15 @@ LIGHT_UNIT_S = 0.5e-3
 
 
 def simulated_variant(model: str) -> ModelVariant:
-    """The sampling recipe of a released model name or a checkpoint directory (configs only)."""
-    name = model.removeprefix("helios-")
-    if model in MODEL_ALIASES:
-        return official_variant(name)
+    """The sampling recipe of a released model, named by its alias or its Hugging Face repo id (no
+    download: the recipe is known without weights), or of a checkpoint directory (configs only)."""
+    alias = {repo_id: alias for alias, repo_id in MODEL_ALIASES.items()}.get(model, model)
+    if alias in MODEL_ALIASES:
+        return official_variant(alias.removeprefix("helios-"))
     if Path(model).is_dir():
         return read_variant(Path(model))
-    raise ValueError(f"--simulate runs a released model's recipe: give {', '.join(MODEL_ALIASES)} or a checkpoint "
+    accepted = ", ".join(name for pair in MODEL_ALIASES.items() for name in pair)
+    raise ValueError(f"--simulate runs a released model's recipe: give {accepted} or a checkpoint "
                      f"directory, not {model!r}")
 
 

@@ -3,6 +3,7 @@ closed form; its chunks arrive in order behind an overlapped decode; a server ru
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -13,13 +14,19 @@ from helios_serve.config import EngineConfig
 from helios_serve.core.scheduler import Scheduler
 from helios_serve.estimate import ModelCosts, Workload, estimate
 from helios_serve.hardware import ACCELERATORS
-from helios_serve.model_executor.checkpoint import official_variant
+from helios_serve.model_executor.checkpoint import MODEL_ALIASES, official_variant
 from helios_serve.model_executor.cost_model import transformer_parameters
 from helios_serve.model_executor.config import HELIOS_14B
 from helios_serve.request import Request
 from helios_serve.sampling_params import VideoSamplingParams
-from helios_serve.simulated_executor import DECODE_HIDDEN_FRACTION, LIGHT_UNIT_S, VAE_EFFICIENCY, SimulatedExecutor
-from live_server import start_server
+from helios_serve.simulated_executor import (
+    DECODE_HIDDEN_FRACTION,
+    LIGHT_UNIT_S,
+    VAE_EFFICIENCY,
+    SimulatedExecutor,
+    simulated_variant,
+)
+from live_server import free_port, start_process, start_server
 
 H100 = ACCELERATORS["h100"]
 
@@ -118,6 +125,37 @@ def test_unknown_models_and_gpus_are_clear_errors():
     cli = subprocess.run([sys.executable, "-m", "helios_serve.cli", "serve", "helios-distilled", "--simulate", "v100"],
                          capture_output=True, text=True, timeout=60)
     assert cli.returncode == 2 and "invalid choice: 'v100'" in cli.stderr
+
+
+@pytest.mark.parametrize(("alias", "repo_id"), sorted(MODEL_ALIASES.items()))
+def test_a_released_models_repo_id_simulates_its_variant(alias, repo_id):
+    assert simulated_variant(repo_id) == simulated_variant(alias) == official_variant(alias.removeprefix("helios-"))
+
+
+def test_an_unknown_simulated_model_is_one_line_naming_the_accepted_names(tmp_path):
+    cli = subprocess.run([sys.executable, "-m", "helios_serve.cli", "serve", "Org/Unreleased", "--simulate", "h100",
+                          "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+    assert "'Org/Unreleased'" in cli.stderr
+    assert all(name in cli.stderr for pair in MODEL_ALIASES.items() for name in pair), cli.stderr
+
+
+def test_a_server_simulates_a_released_model_named_by_its_repo_id_without_its_weights(tmp_path):
+    """`serve BestWishYsh/Helios-Distilled --simulate h100` with an empty Hugging Face cache and the
+    Hub forbidden: the repo id names the recipe, nothing is looked up or downloaded."""
+    port = free_port()
+    repo_id = MODEL_ALIASES["helios-distilled"]
+    command = [sys.executable, "-m", "helios_serve.cli", "serve", repo_id, "--simulate", "h100", "--port", str(port),
+               "--data-dir", str(tmp_path / "data"), "--log-level", "warning"]
+    env = {**os.environ, "HF_HOME": str(tmp_path / "empty-hf-home"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    server = start_process(command, f"http://127.0.0.1:{port}", "/ready", tmp_path / "server.log", env=env,
+                           timeout=120, data_dir=tmp_path / "data")
+    try:
+        assert [model["id"] for model in httpx.get(f"{server.api}/models").json()["data"]] == [repo_id]
+        assert httpx.get(f"{server.url}/ready").json()["attention_backend"] == "simulated"
+    finally:
+        server.stop()
 
 
 def test_a_server_runs_on_a_simulated_h100(tmp_path):
