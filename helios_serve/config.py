@@ -60,7 +60,7 @@ class EngineConfig:
     simulate: str | None = setting(
         None, "run no model: simulate this GPU (h100, h200, a100, ...: those `estimate` knows). Every unit of work "
               "waits as long as the cost model gives for the released 14B model, chunks are synthetic frames, "
-              "everything else runs for real; the model is a released name or a checkpoint directory (its recipe)",
+              "everything else runs for real; the model is a released alias or repo id, or a checkpoint directory (its recipe)",
         choices=tuple(ACCELERATORS))
     simulate_mfu: float = setting(0.5, "a simulated GPU: the share of its bf16 peak the transformer reaches")
     sequence_parallel_size: int = setting(

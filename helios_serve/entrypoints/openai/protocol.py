@@ -79,12 +79,11 @@ class _CreateFields(BaseModel):
                                                   "segment and build the final MP4 (up to the server's size limit)",
                        examples=[True])
     input_reference: Base64Text | None = Field(default=None, examples=[EXAMPLE_IMAGE],
-                                               description="image to start from (image-to-video): an upload in "
-                                                           "multipart, a base64 data URL in JSON; not with "
-                                                           "video_reference")
+                                               description="image to start from (image-to-video): a base64 data URL, "
+                                                           "or in multipart a file; not with video_reference")
     video_reference: Base64Text | None = Field(default=None, examples=[EXAMPLE_VIDEO],
-                                               description="video to continue (video-to-video): an upload in "
-                                                           "multipart, a base64 data URL in JSON")
+                                               description="video to continue (video-to-video): a base64 data URL, or "
+                                                           "in multipart a file")
     user: str | None = Field(default=None, max_length=256, description="an end-user id, for your records",
                              examples=["user-1234"])
     extra_params: ExtraParams | None = Field(default=None, examples=[{"use_cfg_zero_star": True, "zero_steps": 1}],
