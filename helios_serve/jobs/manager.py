@@ -211,6 +211,7 @@ class JobManager:
                          window=LIVE_KEPT_SEGMENTS if live and not keep else None, build_video=keep or not live)
         submitted = last_chunk_time = time.monotonic()
         timings = dict(record.timings)
+        outcome = None  # how the job ended, for the metrics: None when the server stops first
         try:
             async for chunk in self.engine.chunks(handle):
                 now = time.monotonic()
@@ -243,29 +244,30 @@ class JobManager:
                 ended = {}
             await self._write(self.store.update, job_id, status=JobStatus.COMPLETED, progress=100, completed_at=now,
                         expires_at=now + int(self.retention_s), timings=timings, **ended)
-            metrics.on_job_finished("completed", time.monotonic() - submitted, handle.progress().queue_time_s)
+            outcome = "completed"
             self._publish(job_id, JobEnded(JobStatus.COMPLETED))
         except RequestCancelledError as exc:
             timed_out = handle.progress().status is RequestStatus.FINISHED_TIMEOUT
-            metrics.on_job_finished("timeout" if timed_out else "cancelled", time.monotonic() - submitted,
-                                    handle.progress().queue_time_s)
+            outcome = "timeout" if timed_out else "cancelled"
             if timed_out:
                 await self._fail(job_id, "timeout", str(exc))
         except RequestFailedError as exc:
-            metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
+            outcome = "failed"
             await self._fail(job_id, "generation_failed", str(handle.progress().error or exc))
         except OSError as exc:  # a full disk or an I/O error while writing the video or its row
             logger.error("job %s failed: cannot write its video: %s", job_id, exc)
             self.engine.abort(job_id)
-            metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
+            outcome = "failed"
             reason = str(exc) if isinstance(exc, StorageError) else exc.strerror or type(exc).__name__
             await self._fail(job_id, "storage_error", f"the video could not be written: {reason}")
         except Exception as exc:  # noqa: BLE001 - a job's failure must not take the server down
             logger.exception("job %s failed", job_id)
             self.engine.abort(job_id)
-            metrics.on_job_finished("failed", time.monotonic() - submitted, handle.progress().queue_time_s)
+            outcome = "failed"
             await self._fail(job_id, "internal_error", f"{type(exc).__name__} while writing the video")
         finally:
+            if outcome is not None:
+                metrics.on_job_finished(outcome, time.monotonic() - submitted, handle.progress().queue_time_s)
             self._handles.pop(job_id, None)
             self._tasks.pop(job_id, None)
             if (ended := await self._ended(job_id, handle)) is not None:
