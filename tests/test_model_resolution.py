@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
+from hf_cache import checkpoint_files, lay_out_cache
 from live_server import free_port, start_process
 
 from helios_serve.cli import main
@@ -41,10 +42,6 @@ UNRELATED = {
 }
 
 
-def checkpoint_files(folder: Path) -> dict[str, bytes]:
-    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-
-
 def as_mid(files: dict[str, bytes]) -> dict[str, bytes]:
     """The same checkpoint sampled like Mid: another revision's content."""
     index = {**json.loads(files["model_index.json"]), "is_distilled": False, "is_cfg_zero_star": True}
@@ -57,24 +54,6 @@ def as_mid(files: dict[str, bytes]) -> dict[str, bytes]:
 def tiny_files(tiny_checkpoint) -> dict[str, bytes]:
     _, folder = tiny_checkpoint("distilled")
     return checkpoint_files(folder)
-
-
-def lay_out_cache(cache: Path, repo_id: str, files: dict[str, bytes], commit: str, refs: tuple[str, ...]) -> Path:
-    """A Hugging Face hub cache as huggingface_hub writes one: blobs named by content hash, the
-    snapshot's files relative symlinks to them, each ref naming the commit."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / commit
-    for path, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snapshot / path
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    (repo / "refs").mkdir(exist_ok=True)
-    for ref in refs:
-        (repo / "refs" / ref).write_text(commit)
-    return snapshot
 
 
 # -- the cache, in this process (offline) ------------------------------------------------------------

@@ -9,11 +9,13 @@ frame, what our own engine makes for the same request and seed.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -28,7 +30,10 @@ from engine_checks import (
     run_serving_benchmark,
     save_tiny_checkpoint,
 )
+from hf_cache import checkpoint_files, lay_out_cache
 from live_server import free_port, start_process
+
+from helios_serve.model_executor.checkpoint import MODEL_ALIASES
 
 # vLLM-Omni's default H.264 settings for /v1/videos responses (serving_video.py).
 SERVER_CODEC_OPTIONS = {"preset": "ultrafast", "threads": "0"}
@@ -40,10 +45,11 @@ def checkpoint(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("omni") / "helios-distilled-tiny")
 
 
-def serve(checkpoint: str, folder, *flags: str):
+def serve(model: str, folder, *flags: str, env: dict[str, str] | None = None):
+    """`vllm-omni serve <model> --omni` on CPU; ``env`` adds to or overrides its environment."""
     port = free_port()
-    env = {**os.environ, "HELIOS_OMNI_CPU": "1", "HF_HUB_OFFLINE": "1"}
-    command = [console_script("vllm-omni"), "serve", checkpoint, "--omni", "--host", "127.0.0.1", "--port", str(port),
+    env = {**os.environ, "HELIOS_OMNI_CPU": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    command = [console_script("vllm-omni"), "serve", model, "--omni", "--host", "127.0.0.1", "--port", str(port),
                "--dtype", "float32", "--step-execution", "--max-num-seqs", "4", *flags]
     started = time.monotonic()
     server = start_process(command, f"http://127.0.0.1:{port}", "/health", folder / "server.log", timeout=300,
@@ -124,6 +130,26 @@ def test_sync_video_equals_our_engine(omni):
                                                   (fields["prompt"], dict(num_frames=66, seed=8, **SIZE))])
     assert np.array_equal(served, server_encoding(ours))
     assert mean_difference(served, server_encoding(other_seed)) > 5  # the check can fail
+
+
+def test_a_released_repo_id_is_served_from_the_hugging_face_cache_offline(checkpoint, tmp_path):
+    """What the README tells vLLM-Omni users to type: the repo id, not our alias. vLLM-Omni resolves
+    it itself (omni_snapshot_download, before our plugin loads) in huggingface_hub's default cache,
+    which HF_HUB_CACHE names; HF_HUB_OFFLINE=1 keeps it from the hub."""
+    repo_id = MODEL_ALIASES["helios-distilled"]
+    cache = tmp_path / "hub"
+    lay_out_cache(cache, repo_id, checkpoint_files(Path(checkpoint)), hashlib.sha1(b"main").hexdigest(), refs=("main",))
+    server = serve(repo_id, tmp_path, env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    try:
+        assert [model["id"] for model in httpx.get(f"{server.api}/models", timeout=30).json()["data"]] == [repo_id]
+        fields = dict(prompt="a red fox in the snow", num_frames=33, seed=7, **SIZE)
+        response = httpx.post(f"{server.api}/videos/sync", data=fields, timeout=300)
+    finally:
+        server.stop()
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "video/mp4"
+    (ours,) = engine_frames(checkpoint, [(fields["prompt"], dict(num_frames=33, seed=7, **SIZE))])
+    assert np.array_equal(decode_mp4(response.content), server_encoding(ours))
 
 
 def test_helios_fields_in_extra_params_reach_our_executor(omni):
