@@ -146,6 +146,42 @@ def test_metrics_and_readiness_cover_every_replica(cluster):
     assert '\nhelios:num_requests_waiting{model_name="helios-tiny"} ' in metrics  # the total, without a replica label
 
 
+def test_the_ingress_guards_itself_as_a_single_server_does(cluster):
+    """Host, Origin (the WebSocket's too) and the body limit are checked at the endpoint, before
+    anything is buffered or forwarded: a replica never sees the refused requests."""
+    import websockets
+
+    rebound = httpx.get(f"{cluster.url}/ready", headers={"host": "attacker.example"}, timeout=30)
+    assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "invalid_host"
+    page = httpx.post(f"{cluster.api}/videos", content=b"prompt=a fox", timeout=30,
+                      headers={"content-type": "text/plain", "origin": "http://attacker.example"})
+    assert page.status_code == 403 and page.json()["error"]["code"] == "origin_not_allowed"
+
+    async def open_from(origin: str) -> str:
+        url = cluster.url.replace("http", "ws") + "/v1/realtime/video"
+        try:
+            async with websockets.connect(url, additional_headers={"origin": origin}) as socket:
+                await socket.send(json.dumps({"type": "nonsense"}))
+                return json.loads(await socket.recv())["type"]
+        except websockets.InvalidStatus as refused:
+            return f"refused {refused.response.status_code}"
+        except websockets.ConnectionClosed as closed:
+            return f"closed {closed.rcvd.code if closed.rcvd else None}"
+
+    assert asyncio.run(open_from("http://attacker.example")) in ("refused 403", "closed 1008")
+    assert asyncio.run(open_from(cluster.url)) == "error"  # the server's own page: the session answers
+
+    def oversized():  # chunked, so only counting what arrives can stop it
+        for _ in range(65):
+            yield b"x" * 2**20
+
+    too_large = httpx.post(f"{cluster.api}/videos", content=oversized(), timeout=60,
+                           headers={"content-type": "application/json"})
+    assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "payload_too_large"
+    metrics = httpx.get(f"{cluster.url}/metrics", timeout=30).text
+    assert 'status="413"' not in metrics and 'status="403"' not in metrics  # refused at the ingress
+
+
 def test_killing_a_replica_mid_job_loses_no_job(cluster):
     long = {"num_frames": 660, "size": "192x128", "seed": 77, "prompt": "a long walk"}
     first, twin = create(cluster, **long), create(cluster, **long)  # one per replica, identical work

@@ -5,6 +5,10 @@ streams the answer back unchanged (MP4s, SSE, HLS segments) and bridges the real
 WebSocket, so replicas run the same code as a single server. A background loop polls every
 replica's load and readiness and hands the unfinished jobs of a dead replica to a living one,
 which resumes them from their last completed chunk.
+
+The endpoint guards itself as a single server does (the same middleware, from the same config):
+the Host, Origin and Content-Type checks, CORS and the body size limit all apply before anything
+is buffered or forwarded.
 """
 
 
@@ -18,6 +22,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.background import BackgroundTask
 
+from ...config import HeliosConfig
+from ...entrypoints.openai.api_server import install_error_handlers, install_middleware
+from ...entrypoints.openai.errors import error_body
 from ...entrypoints.openai.replica import JOB_ID_HEADER
 from ...jobs.storage import JobFiles, new_job_id
 from ...jobs.status import ACTIVE_STATUSES
@@ -35,31 +42,47 @@ logger = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.5
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "content-length"}
 CREATE_PATHS = ("/v1/videos", "/v1/videos/sync")
-
-# The docs and the schema are a replica's (forwarded like every other path): the ingress's own
-# would describe only its catch-all route and load Swagger UI from a CDN.
-app = FastAPI(title="helios-serve (Ray)", description="OpenAI-style video API over Ray Serve engine replicas.",
-              docs_url=None, redoc_url=None, openapi_url=None)
+FORWARDED_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"]
+WEBSOCKET_HEADERS = {"authorization", "origin"}
+"""Sent on to the replica's WebSocket (its own Origin check then sees what the ingress saw)."""
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return JSONResponse(body, status, headers=headers)
+    return JSONResponse(error_body(status, code, message), status, headers=headers)
+
+
+def build_ingress_app(ingress: "HeliosIngress") -> FastAPI:
+    """The endpoint's routes, over the ingress's methods, behind the single server's middleware."""
+    # The docs and the schema are a replica's (forwarded like every other path): the ingress's own
+    # would describe only its catch-all route and load Swagger UI from a CDN.
+    app = FastAPI(title="helios-serve (Ray)", description="OpenAI-style video API over Ray Serve engine replicas.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    install_middleware(app, ingress.config, behind_ingress=False)  # it sees the client's own Host and Origin
+    install_error_handlers(app)
+    app.get("/health")(ingress.health)
+    app.get("/ready")(ingress.ready)
+    app.get("/metrics")(ingress.metrics)
+    app.websocket("/v1/realtime/video")(ingress.realtime)
+    app.api_route("/{path:path}", methods=FORWARDED_METHODS)(ingress.forward)
+    return app
 
 
 @serve.deployment(max_ongoing_requests=1000)
-@serve.ingress(app)
+@serve.ingress()  # the app is built once the config is known: __serve_build_asgi_app__
 class HeliosIngress:
-    def __init__(self, replicas: dict, data_dir: str, api_key: str | None, job_store: str | None,
-                 model_name: str):
-        self.model_name = model_name  # the served model name: the model_name label of the ingress's gauges
+    def __init__(self, replicas: dict, config: HeliosConfig):
+        server = config.server
+        self.config = config
+        self.model_name = config.served_model_names[0]  # the model_name label of the ingress's gauges
         self.handles = replicas  # slot -> DeploymentHandle of a HeliosReplica deployment
         self.views = {slot: ReplicaView(slot) for slot in replicas}
-        self.store = open_job_store(job_store or JobFiles(data_dir).database)
-        self.internal_headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.store = open_job_store(server.job_store or JobFiles(server.data_dir).database)
+        self.internal_headers = {"authorization": f"Bearer {server.api_key}"} if server.api_key else {}
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
         self.poller = asyncio.get_event_loop().create_task(self._poll_forever())
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_ingress_app(self)
 
     # -- replica health and job adoption ----------------------------------------------------
     async def _poll_forever(self) -> None:
@@ -99,18 +122,16 @@ class HeliosIngress:
                 logger.warning("replica instance %s is gone: %s resumed %s", owner, target.slot, adopted)
 
     # -- the endpoint's own routes -------------------------------------------------------------
-    @app.get("/health")
     async def health(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
     async def ready(self) -> JSONResponse:
-        replicas = {v.slot: {"ready": v.ready, "waiting": v.waiting, "running": v.running} for v in self.views.values()}
+        replicas = {v.slot: {"ready": v.ready, "waiting": v.waiting, "running": v.running, "load_error": v.load_error}
+                    for v in self.views.values()}
         all_ready = all(v.ready for v in self.views.values())
         return JSONResponse({"status": "ready" if all_ready else "not_ready", "replicas": replicas},
                             200 if all_ready else 503)
 
-    @app.get("/metrics")
     async def metrics(self) -> Response:
         live = [v for v in self.views.values() if v.url and v.instance]
         answers = await asyncio.gather(*(self.client.get(f"{v.url}/metrics", timeout=5) for v in live),
@@ -121,7 +142,6 @@ class HeliosIngress:
         return Response(merge_metrics(texts) + own, media_type="text/plain; version=0.0.4")
 
     # -- forwarding ------------------------------------------------------------------------------
-    @app.api_route("/{path:path}", methods=["GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"])
     async def forward(self, path: str, request: Request) -> Response:
         path = "/" + path
         if path.startswith("/internal/"):
@@ -173,7 +193,6 @@ class HeliosIngress:
         return next((v for v in self.views.values() if record and v.ready and v.instance == record.owner), None)
 
     # -- the realtime WebSocket ------------------------------------------------------------------
-    @app.websocket("/v1/realtime/video")
     async def realtime(self, websocket: WebSocket) -> None:
         """A live session stays on one replica: bridged for its whole life, both directions."""
         import websockets
@@ -187,7 +206,7 @@ class HeliosIngress:
         target.record_create()
         query = websocket.url.query
         url = target.url.replace("http://", "ws://") + "/v1/realtime/video" + (f"?{query}" if query else "")
-        headers = {k: v for k, v in websocket.headers.items() if k.lower() == "authorization"}
+        headers = {k: v for k, v in websocket.headers.items() if k.lower() in WEBSOCKET_HEADERS}
         try:
             upstream = await websockets.connect(url, additional_headers=headers, max_size=None)
         except OSError:

@@ -34,8 +34,7 @@ def build_application(config: HeliosConfig, replicas: int, gpus_per_replica: flo
         for i in range(replicas)
     }
     ingress = HeliosIngress.options(name="helios-ingress", ray_actor_options={"num_cpus": 0})
-    return ingress.bind(slots, config.server.data_dir, config.server.api_key, config.server.job_store,
-                        config.served_model_names[0])  # the model_name the replicas label their metrics with
+    return ingress.bind(slots, config)
 
 
 def replica_options(cpus: float, gpus: float) -> dict:
@@ -92,23 +91,32 @@ def run_ray_deployment(config: HeliosConfig) -> int:
         print(f"  playground  {base}/   (open it in a browser)", flush=True)
         print(f"  API         {base}/v1   (OpenAI-style: client = OpenAI(base_url='{base}/v1'))", flush=True)
         print(f"  readiness   {base}/ready (all replicas); metrics {base}/metrics (per replica and total)", flush=True)
-        _wait_until_ready(base, started)
-        while True:
+        failure = _wait_until_ready(base, started)
+        while failure is None:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
     finally:
         serve.shutdown()
         ray.shutdown()
+    print(f"helios-serve: error: {failure}", file=sys.stderr)  # last, after Ray's own shutdown lines
+    return 1
 
 
-def _wait_until_ready(base: str, started: float) -> None:
+def _wait_until_ready(base: str, started: float) -> str | None:
+    """None once every replica is ready; the first load error a replica reports, if one does
+    first: a model that cannot load stops the start, as it does for a single server (Ray Serve
+    would otherwise restart that replica for ever)."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per readiness poll
     while True:
         try:
-            if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+            answer = httpx.get(f"{base}/ready", timeout=5)
+            if answer.status_code == 200:
                 print(f"helios-serve: all replicas ready after {time.monotonic() - started:.1f} s", flush=True)
-                return
-        except httpx.HTTPError:
+                return None
+            for slot, replica in sorted(answer.json().get("replicas", {}).items()):
+                if replica.get("load_error"):
+                    return f"{slot}: {replica['load_error']}"
+        except (httpx.HTTPError, ValueError):  # not up yet, or another answer than the ingress's
             pass
         time.sleep(0.5)

@@ -26,6 +26,8 @@ class ReplicaView:
     url: str | None = None
     instance: str | None = None
     ready: bool = False
+    load_error: str | None = None
+    """Why its model did not load, as its last answer said (Ray Serve then restarts it)."""
     waiting: int = 0
     running: int = 0
     last_seen: float | None = None
@@ -50,7 +52,7 @@ class ReplicaView:
         if self.instance is not None and status["instance"] != self.instance:
             self.past_instances.add(self.instance)
         self.instance, self.url, self.last_seen = status["instance"], url, now
-        self.ready = bool(status["ready"])
+        self.ready, self.load_error = bool(status["ready"]), status.get("load_error")
         unseen = self.creates_sent - (self.creates_sent if creates_sent_before is None else creates_sent_before)
         self.waiting, self.running = int(status["waiting"]) + unseen, int(status["running"])
 
