@@ -72,8 +72,9 @@ MAX_INPUT_PIXELS = 4096 * 4096
 """Pixels an input image or video frame may declare (16.8 M: 4K video and common photos; 50 MB as
 RGB). A request for a larger output may send inputs of its own size (``input_pixel_cap``)."""
 MAX_INPUT_VIDEO_FRAMES = 3000
-"""Frames a video input may have (two minutes at 24 fps): every frame is decoded, even though only
-the last ones reach the model."""
+"""Frames a video input may have (two minutes at 24 fps). Their packets are all read; of the frames
+only the first and those from the last keyframe before the model's are decoded, or all of them
+when the video has no such keyframe."""
 MAX_INPUT_DECODE_PIXELS = 2**32
 """Pixels of all of a video input's frames together, a bound on the decoding work (about 2000
 frames of 1080p, 500 of 4K)."""
@@ -134,13 +135,10 @@ def _read_video(path, name: str, size, keep_last: int | None, max_frames: int, m
     max_pixels = max_pixels or input_pixel_cap(size)
     with _DECODE_SLOTS:
         try:
-            count = _count_video_frames(path, name, max_pixels, max_frames)
-            frames, decoded = _decode_video(path, name, count, size, keep_last, max_pixels, max_frames)
-            if decoded != count:  # the packets and the decoder's frames disagree: again, with the decoder's count
-                frames, decoded_again = _decode_video(path, name, decoded, size, keep_last, max_pixels, max_frames)
-                if decoded_again != decoded:
-                    raise ValueError(f"{name} is not a readable video: its frames differ from one decode to the next")
-                count = decoded
+            index = _index_video(path, name, max_pixels, max_frames)
+            frames, count = _decode_ends(path, name, index, size, keep_last, max_pixels), index.count
+            if frames is None:  # everything is kept, or a seek would save nothing: one pass over all frames
+                frames, count = _decode_all(path, name, index.count, size, keep_last, max_pixels, max_frames)
         except (av.error.FFmpegError, OSError) as exc:
             raise ValueError(f"{name} is not a readable video: {_reason(exc)}") from None
     if frames is None:
@@ -148,7 +146,18 @@ def _read_video(path, name: str, size, keep_last: int | None, max_frames: int, m
     return frames, count
 
 
-def _count_video_frames(path, name: str, max_pixels: int, max_frames: int) -> int:
+class _PacketIndex(NamedTuple):
+    """What a video's packets say, before anything is decoded."""
+
+    count: int
+    timestamps: list[int] | None
+    """Each frame's presentation timestamp, in presentation order. None when a frame has none or
+    two share one: a decoded frame's place could not then be told from its timestamp."""
+    keyframes: list[int]
+    """Timestamps of the frames a decode can start from after a seek."""
+
+
+def _index_video(path, name: str, max_pixels: int, max_frames: int) -> _PacketIndex:
     """The video's frames, counted from its packets (nothing is decoded); ValueError beyond the caps."""
     with _open_video(path, max_pixels) as container:
         if not container.streams.video:
@@ -158,15 +167,66 @@ def _count_video_frames(path, name: str, max_pixels: int, max_frames: int) -> in
         _check_pixels(name, width, height, max_pixels)
         if stream.frames > max_frames:  # the container's own count, when it has one: not even demuxed then
             raise ValueError(f"{name} has {stream.frames} frames; at most {max_frames} are accepted")
-        count = 0
+        timestamps, keyframes = [], []
         for packet in container.demux(stream):
-            count += packet.size > 0  # the demuxer ends with an empty packet
-            if count > max_frames:
+            if packet.size == 0:  # the demuxer ends with an empty packet
+                continue
+            if len(timestamps) == max_frames:
                 raise ValueError(f"{name} has more than {max_frames} frames; at most {max_frames} are accepted")
+            timestamps.append(packet.pts)
+            if packet.is_keyframe:
+                keyframes.append(packet.pts)
+    count = len(timestamps)
     if count * width * height > MAX_INPUT_DECODE_PIXELS:
         raise ValueError(f"{name} is too long for its size: {count} frames of {width}x{height}, at most "
                          f"{MAX_INPUT_DECODE_PIXELS // max(width * height, 1)} frames are accepted at this size")
-    return count
+    if None in timestamps or len(set(timestamps)) != count:
+        return _PacketIndex(count, None, [])
+    return _PacketIndex(count, sorted(timestamps), keyframes)
+
+
+def _decode_ends(path, name: str, index: _PacketIndex, size, keep_last: int | None, max_pixels: int
+                 ) -> np.ndarray | None:
+    """The first frame and the last ``keep_last``: the first frame decoded, then a seek to the last
+    keyframe at or before the tail, so the frames between are never decoded. A frame's place is
+    its timestamp's among the packets'. None when that saves nothing (no keyframe after the
+    first frame precedes the tail, or every frame is kept) or when the decoder's frames do not
+    match the packets: the caller then decodes every frame."""
+    if keep_last is None or _kept_count(index.count, keep_last) == index.count or index.timestamps is None:
+        return None
+    place = {pts: i for i, pts in enumerate(index.timestamps)}
+    tail_start = index.count - keep_last
+    start = max((place[pts] for pts in index.keyframes if place[pts] <= tail_start), default=0)
+    if start == 0:
+        return None
+    kept, filled = None, set()
+    with _open_video(path, max_pixels) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"max_pixels": str(max_pixels)}
+        anchor = next(_decoded(container, stream), None)
+        if anchor is None or place.get(anchor.pts) != 0:
+            return None
+        kept = _keep(kept, 0, anchor, size, 1 + keep_last, name)
+        container.seek(index.timestamps[start], stream=stream, backward=True, any_frame=False)
+        for frame in _decoded(container, stream):
+            if (position := place.get(frame.pts)) is None:
+                return None
+            if position >= tail_start:
+                kept = _keep(kept, 1 + position - tail_start, frame, size, 1 + keep_last, name)
+                filled.add(position)
+    return kept if len(filled) == keep_last else None
+
+
+def _decode_all(path, name: str, count: int, size, keep_last: int | None, max_pixels: int, max_frames: int
+                ) -> tuple[np.ndarray | None, int]:
+    """(kept frames, the video's frame count), from one pass over every frame, or two when the
+    packets and the decoder's frames disagree (the second with the decoder's count)."""
+    frames, decoded = _decode_video(path, name, count, size, keep_last, max_pixels, max_frames)
+    if decoded != count:
+        frames, decoded_again = _decode_video(path, name, decoded, size, keep_last, max_pixels, max_frames)
+        if decoded_again != decoded:
+            raise ValueError(f"{name} is not a readable video: its frames differ from one decode to the next")
+    return frames, decoded
 
 
 def _decode_video(path, name: str, count: int, size, keep_last: int | None, max_pixels: int,
@@ -179,20 +239,31 @@ def _decode_video(path, name: str, count: int, size, keep_last: int | None, max_
         stream = container.streams.video[0]
         # The decoder refuses frames over the cap itself, should a stream change size after its header.
         stream.codec_context.options = {"max_pixels": str(max_pixels)}
-        for frame in container.decode(stream):
+        for frame in _decoded(container, stream):
             if decoded >= max_frames:
                 raise ValueError(f"{name} has more than {max_frames} frames; at most {max_frames} are accepted")
             slot = _frame_slot(decoded, count, keep_last)
             if slot is not None:
-                rgb = _rgb_frame(frame, size)
-                if kept is None:
-                    kept = np.empty((_kept_count(count, keep_last), *rgb.shape), np.uint8)
-                elif rgb.shape != kept.shape[1:]:
-                    raise ValueError(f"{name} changes its frame size from {kept.shape[2]}x{kept.shape[1]} to "
-                                     f"{rgb.shape[1]}x{rgb.shape[0]}")
-                kept[slot] = rgb
+                kept = _keep(kept, slot, frame, size, _kept_count(count, keep_last), name)
             decoded += 1
     return kept, decoded
+
+
+def _decoded(container, stream):
+    """The stream's frames as the decoder gives them (one place, so a test can count them)."""
+    return container.decode(stream)
+
+
+def _keep(kept: np.ndarray | None, slot: int, frame, size, total: int, name: str) -> np.ndarray:
+    """``kept`` with ``frame`` converted into ``slot`` (the array of ``total`` frames is made at the first)."""
+    rgb = _rgb_frame(frame, size)
+    if kept is None:
+        kept = np.empty((total, *rgb.shape), np.uint8)
+    elif rgb.shape != kept.shape[1:]:
+        raise ValueError(f"{name} changes its frame size from {kept.shape[2]}x{kept.shape[1]} to "
+                         f"{rgb.shape[1]}x{rgb.shape[0]}")
+    kept[slot] = rgb
+    return kept
 
 
 def _open_video(path, max_pixels: int):

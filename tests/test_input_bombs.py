@@ -202,6 +202,46 @@ def test_first_and_last_frames_are_kept_in_order(tmp_path):
     assert np.array_equal(read_video(path), reference)
 
 
+def keyframed_clip(path: Path, frames: int, codec: str, options: dict) -> Path:
+    """A moving pattern (each frame differs), encoded with keyframes every few frames."""
+    pattern = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=24)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 64, 64, "yuv420p", options
+        for i in range(frames):
+            frame = np.roll(pattern, i, axis=1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+GOP = 12
+
+
+@pytest.mark.parametrize("codec, options", [
+    ("libx264", {"preset": "medium", "g": str(GOP)}),  # B-frames: decode order differs from presentation order
+    ("libx264", {"preset": "medium", "g": str(GOP), "x264-params": "open-gop=1"}),
+    ("mpeg4", {"g": str(GOP), "bf": "2"}),
+])
+def test_frames_before_the_last_keyframe_ahead_of_the_tail_are_never_decoded(tmp_path, monkeypatch, codec, options):
+    path = keyframed_clip(tmp_path / "clip.mp4", 300, codec, options)
+    reference = full_decode(path)
+    decoded = []
+    monkeypatch.setattr(video_io, "_decoded", lambda container, stream: (decoded.append(1) or frame for frame
+                                                                         in container.decode(stream)))
+    tail = video_io.read_video_tail(path, "video_reference", size=(32, 32))
+    full_size = read_video(path, keep_last=VIDEO_HISTORY_FRAMES)
+    assert np.array_equal(full_size, np.concatenate([reference[:1], reference[-VIDEO_HISTORY_FRAMES:]]))
+    assert tail.frames.shape == (1 + VIDEO_HISTORY_FRAMES, 32, 32, 3) and tail.skipped_frames == 200
+    assert np.array_equal(tail.frames, np.stack([np.asarray(video_io._resized(Image.fromarray(f), (32, 32)))
+                                                 for f in full_size]))
+    per_read = len(decoded) // 2
+    print(f"{codec} {options}: {per_read} of 300 frames decoded")
+    assert per_read <= 1 + VIDEO_HISTORY_FRAMES + GOP  # the anchor, then from a keyframe at most a GOP early
+
+
 def test_early_resizing_gives_the_model_the_same_pixels(tmp_path):
     """The model's processor resizes inputs itself; resizing while reading must not change what it sees."""
     import torch
