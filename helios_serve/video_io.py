@@ -199,14 +199,14 @@ def _decode_ends(path, name: str, index: _PacketIndex, size, keep_last: int | No
     start = max((place[pts] for pts in index.keyframes if place[pts] <= tail_start), default=0)
     if start == 0:
         return None
-    kept, filled = None, set()
+    filled = set()
     with _open_video(path, max_pixels) as container:
         stream = container.streams.video[0]
         stream.codec_context.options = {"max_pixels": str(max_pixels)}
         anchor = next(_decoded(container, stream), None)
         if anchor is None or place.get(anchor.pts) != 0:
             return None
-        kept = _keep(kept, 0, anchor, size, 1 + keep_last, name)
+        kept = _keep(None, 0, anchor, size, 1 + keep_last, name)
         container.seek(index.timestamps[start], stream=stream, backward=True, any_frame=False)
         for frame in _decoded(container, stream):
             if (position := place.get(frame.pts)) is None:

@@ -229,8 +229,13 @@ def test_frames_before_the_last_keyframe_ahead_of_the_tail_are_never_decoded(tmp
     path = keyframed_clip(tmp_path / "clip.mp4", 300, codec, options)
     reference = full_decode(path)
     decoded = []
-    monkeypatch.setattr(video_io, "_decoded", lambda container, stream: (decoded.append(1) or frame for frame
-                                                                         in container.decode(stream)))
+
+    def counted(container, stream):
+        for frame in container.decode(stream):
+            decoded.append(frame.pts)
+            yield frame
+
+    monkeypatch.setattr(video_io, "_decoded", counted)
     tail = video_io.read_video_tail(path, "video_reference", size=(32, 32))
     full_size = read_video(path, keep_last=VIDEO_HISTORY_FRAMES)
     assert np.array_equal(full_size, np.concatenate([reference[:1], reference[-VIDEO_HISTORY_FRAMES:]]))
